@@ -1,0 +1,1 @@
+"""oauth3: attestation service for dstack / Intel TDX on Phala Cloud."""

@@ -1,0 +1,79 @@
+"""Attestation formats shared by every oauth3 part: TDX quotes, dstack event logs, report_data.
+
+Pure functions over bytes and strings; no I/O and no dependency on the rest of oauth3.
+"""
+
+from .compose import app_id_without_kms, compose_hash, decode_mr_config_id, mr_config_id_v1
+from .errors import (
+    AttestationError,
+    EventLogError,
+    EvidenceError,
+    QuoteFormatError,
+    ReportDataError,
+)
+from .eventlog import (
+    RUNTIME_EVENT_TYPE,
+    AppFacts,
+    Event,
+    Replay,
+    app_facts,
+    compare_with_quote,
+    dump_event_log,
+    event_objects,
+    measured_digest,
+    parse_event_list,
+    parse_event_log,
+    replay_rtmrs,
+    runtime_event_digest,
+    stripped,
+)
+from .evidence import Evidence, evidence_from_document, load_evidence
+from .quote import Quote, QuoteHeader, SignatureData, TdReport, parse_quote
+from .report_data import (
+    LAYOUT,
+    BoundReportData,
+    info_digest,
+    parse_nonce,
+    read_report_data,
+    report_data_for,
+)
+
+__all__ = [
+    "LAYOUT",
+    "RUNTIME_EVENT_TYPE",
+    "AppFacts",
+    "AttestationError",
+    "BoundReportData",
+    "Event",
+    "EventLogError",
+    "Evidence",
+    "EvidenceError",
+    "Quote",
+    "QuoteFormatError",
+    "QuoteHeader",
+    "Replay",
+    "ReportDataError",
+    "SignatureData",
+    "TdReport",
+    "app_facts",
+    "app_id_without_kms",
+    "compare_with_quote",
+    "compose_hash",
+    "decode_mr_config_id",
+    "dump_event_log",
+    "event_objects",
+    "evidence_from_document",
+    "info_digest",
+    "load_evidence",
+    "measured_digest",
+    "mr_config_id_v1",
+    "parse_event_list",
+    "parse_event_log",
+    "parse_nonce",
+    "parse_quote",
+    "read_report_data",
+    "replay_rtmrs",
+    "report_data_for",
+    "runtime_event_digest",
+    "stripped",
+]
