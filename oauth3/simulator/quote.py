@@ -11,25 +11,25 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-QUOTE_VERSION = 4
-ATTESTATION_KEY_TYPE_ECDSA_P256 = 2
-TEE_TYPE_TDX = 0x81
-INTEL_QE_VENDOR_ID = bytes.fromhex("939a7233f79c4ca9940a0db3957f0607")
+from oauth3.attestation.quote import (
+    ATTESTATION_KEY_ECDSA_P256,
+    CERT_DATA_PCK_CHAIN,
+    CERT_DATA_QE_REPORT,
+    HEADER_SIZE,
+    INTEL_QE_VENDOR_ID,
+    QE_REPORT_SIZE,
+    TD_REPORT10_SIZE,
+    TEE_TYPE_TDX,
+)
 
-HEADER_SIZE = 48
-TD_REPORT_SIZE = 584
-SIGNED_SIZE = HEADER_SIZE + TD_REPORT_SIZE
+QUOTE_VERSION = 4
+SIGNED_SIZE = HEADER_SIZE + TD_REPORT10_SIZE
 USER_DATA_SIZE = 20
 MEASUREMENT_SIZE = 48
 REPORT_DATA_SIZE = 64
 RTMR_COUNT = 4
-SGX_REPORT_SIZE = 384
 SGX_REPORT_DATA_OFFSET = 320
 QE_AUTH_DATA_SIZE = 32
-RAW_SIGNATURE_SIZE = 64
-
-CERT_DATA_PCK_CHAIN = 5
-CERT_DATA_QE_REPORT = 6
 
 SEPT_VE_DISABLE = 1 << 28
 DEFAULT_TD_ATTRIBUTES = SEPT_VE_DISABLE.to_bytes(8, "little")
@@ -141,7 +141,7 @@ class QuoteSigner:
     certification_data: bytes = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        _check_length("qe_report_template", self.qe_report_template, SGX_REPORT_SIZE)
+        _check_length("qe_report_template", self.qe_report_template, QE_REPORT_SIZE)
         _check_length("qe_auth_data", self.qe_auth_data, QE_AUTH_DATA_SIZE)
         _check_length("user_data", self.user_data, USER_DATA_SIZE)
         for name, key in (("attestation_key", self.attestation_key), ("pck_key", self.pck_key)):
@@ -173,7 +173,7 @@ def quote_header(user_data: bytes = bytes(USER_DATA_SIZE)) -> bytes:
     """The 48-byte v4 TDX quote header (ECDSA-P256 key, Intel QE vendor id, QE/PCE SVN 0)."""
     _check_length("user_data", user_data, USER_DATA_SIZE)
     return (
-        struct.pack("<HHIHH", QUOTE_VERSION, ATTESTATION_KEY_TYPE_ECDSA_P256, TEE_TYPE_TDX, 0, 0)
+        struct.pack("<HHIHH", QUOTE_VERSION, ATTESTATION_KEY_ECDSA_P256, TEE_TYPE_TDX, 0, 0)
         + INTEL_QE_VENDOR_ID
         + user_data
     )
@@ -183,7 +183,7 @@ def build_quote(body: bytes, signer: QuoteSigner) -> bytes:
     """Assemble a signed TDX v4 quote around a TD report body; raises ValueError if the body is
     not 584 bytes. The attestation key is the signer's (deterministic), and signatures are
     RFC 6979, so equal inputs give equal quotes."""
-    _check_length("body", body, TD_REPORT_SIZE)
+    _check_length("body", body, TD_REPORT10_SIZE)
     signed = quote_header(signer.user_data) + body
     signature_data = (
         raw_ecdsa_signature(signer.attestation_key, signed)
