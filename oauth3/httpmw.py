@@ -1,0 +1,85 @@
+"""Middleware shared by the service and the sidecar: request ids, problem+json, one log line."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from .problem import Problem, from_problem, problem_response
+
+REQUEST_ID_HEADER = "X-Request-ID"
+LOG_FIELDS = web.RequestKey("oauth3_log_fields", dict[str, Any])
+REQUEST_ID = web.RequestKey("oauth3_request_id", str)
+_WELL_FORMED_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def request_id_for(request: web.Request) -> str:
+    """The inbound X-Request-ID when well-formed, else a fresh random id."""
+    inbound = request.headers.get(REQUEST_ID_HEADER, "")
+    return inbound if _WELL_FORMED_ID.fullmatch(inbound) else uuid.uuid4().hex
+
+
+def note(request: web.Request, **fields: Any) -> None:
+    """Add fields to this request's canonical log line."""
+    request[LOG_FIELDS].update(fields)
+
+
+def _route_name(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def request_middleware(component: str, *, error_member: bool = False) -> Any:
+    """Middleware: bind a request id, turn every error into problem+json, log one line per request.
+
+    `error_member` also puts the detail under "error", the member dstack clients read.
+    """
+    log = structlog.get_logger(component)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        request_id = request_id_for(request)
+        request[REQUEST_ID] = request_id
+        request[LOG_FIELDS] = {}
+        started = time.perf_counter()
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            response: web.StreamResponse
+            try:
+                response = await handler(request)
+            except Problem as problem:
+                if error_member:
+                    problem.extra.setdefault("error", problem.detail)
+                response = from_problem(problem)
+            except web.HTTPException as exc:
+                if exc.status < 400:
+                    raise
+                default_text = not exc.text or exc.text.startswith(f"{exc.status}:")
+                detail = exc.reason if default_text or exc.status >= 500 else str(exc.text)
+                extra = {"error": detail} if error_member else None
+                headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+                response = problem_response(exc.status, detail, extra=extra, headers=headers)
+            except Exception:
+                log.exception("unhandled_error", path=request.path)
+                extra = {"error": "internal error"} if error_member else None
+                response = problem_response(500, "internal error", extra=extra)
+            response.headers[REQUEST_ID_HEADER] = request_id
+            log.info(
+                "request",
+                request_id=request_id,
+                method=request.method,
+                route=_route_name(request),
+                status=response.status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                **request[LOG_FIELDS],
+            )
+            return response
+
+    return middleware

@@ -1,0 +1,49 @@
+"""`oauth3-service`: run the public API (configuration from OAUTH3_* variables)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from oauth3.cli import OneLineParser, fail
+from oauth3.logs import configure_logging
+from oauth3.serve import serve
+
+from .app import create_app
+from .settings import ConfigError, ServiceSettings
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `oauth3-service`."""
+    OneLineParser(
+        prog="oauth3-service",
+        description="Serve /info and /attestation; configure with OAUTH3_* variables.",
+    ).parse_args(argv)
+    try:
+        settings = ServiceSettings.from_env()
+    except ConfigError as exc:
+        fail(f"oauth3-service: {exc}")
+    configure_logging(settings.log_level)
+    log = structlog.get_logger("service")
+    app = create_app(settings)
+    log.info(
+        "starting", host=settings.host, port=settings.port, sidecar=str(settings.sidecar_socket)
+    )
+    try:
+        asyncio.run(
+            serve(
+                app,
+                host=settings.host,
+                port=settings.port,
+                shutdown_timeout=settings.shutdown_timeout,
+            )
+        )
+    except OSError as exc:
+        where = f"{settings.host}:{settings.port}"
+        fail(f"oauth3-service: cannot listen on {where}: {exc.strerror or exc}", 1)
+    log.info("stopped")
+
+
+if __name__ == "__main__":
+    main()

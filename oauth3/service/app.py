@@ -1,0 +1,148 @@
+"""The service's aiohttp app factory: routes, typed app keys and one cleanup_ctx per resource."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+
+from oauth3.attestation import ReportDataError, parse_nonce
+from oauth3.httpmw import REQUEST_ID, note, request_middleware
+from oauth3.problem import Problem
+
+from .agent import AgentError, SidecarClient
+from .identity import InfoDocument, build_info_document, package_version
+from .quotes import QuoteOutcome, QuoteProvider
+from .settings import ServiceSettings
+
+SETTINGS = web.AppKey("settings", ServiceSettings)
+INFO = web.AppKey("info", InfoDocument)
+SIDECAR = web.AppKey("sidecar", SidecarClient)
+QUOTES = web.AppKey("quotes", QuoteProvider)
+
+log = structlog.get_logger("service")
+
+
+async def get_info(request: web.Request) -> web.Response:
+    """GET /info: the identity bytes, exactly as hashed into every quote."""
+    info = request.app[INFO]
+    headers = {"ETag": info.etag, "Cache-Control": "no-cache"}
+    if info.etag in request.headers.getall("If-None-Match", []):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=info.body, content_type="application/json", headers=headers)
+
+
+def _nonce_from_query(request: web.Request) -> bytes | None:
+    unknown = sorted(set(request.query) - {"nonce"})
+    if unknown:
+        raise Problem(400, f"unknown query parameter {unknown[0]!r}; only 'nonce' is accepted")
+    values = request.query.getall("nonce", [])
+    if not values:
+        return None
+    if len(values) > 1:
+        raise Problem(400, "nonce was given more than once")
+    try:
+        return parse_nonce(values[0])
+    except ReportDataError as exc:
+        note(request, nonce_rejected=True)
+        raise Problem(400, str(exc)) from None
+
+
+def _agent_problem(exc: AgentError) -> Problem:
+    log.warning("agent_error", status=exc.status, reason=exc.reason, detail=exc.log_detail)
+    retry_after = exc.retry_after if exc.status in (503, 504) else None
+    return Problem(exc.status, exc.reason, retry_after=retry_after)
+
+
+async def get_attestation(request: web.Request) -> web.Response:
+    """GET /attestation[?nonce=<64 hex>]: a quote whose report_data binds /info (and the nonce)."""
+    nonce = _nonce_from_query(request)
+    provider = request.app[QUOTES]
+    note(request, nonce=nonce is not None)
+    try:
+        outcome: QuoteOutcome
+        if nonce is None:
+            outcome = await provider.cached(request[REQUEST_ID])
+        else:
+            outcome = await provider.fresh(nonce, request[REQUEST_ID])
+    except AgentError as exc:
+        raise _agent_problem(exc) from None
+    agent = outcome.served.agent
+    note(
+        request,
+        quote=outcome.source,
+        cache_hit=outcome.source == "cached",
+        queue_ms=agent.queue_ms if outcome.source == "fresh" else None,
+        agent_ms=agent.agent_ms if outcome.source == "fresh" else None,
+    )
+    cache_control = "no-store" if nonce is not None else "no-cache"
+    return web.Response(
+        body=outcome.served.body,
+        content_type="application/json",
+        headers={"Cache-Control": cache_control},
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """GET /healthz: the process is up; touches nothing."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """GET /readyz: the sidecar answers and the agent behind it answers Info."""
+    settings = request.app[SETTINGS]
+    try:
+        await request.app[SIDECAR].info(request[REQUEST_ID], settings.ready_timeout)
+    except AgentError as exc:
+        note(request, not_ready=exc.reason)
+        raise Problem(503, f"not ready: {exc.reason}", retry_after=settings.retry_after) from None
+    age = request.app[QUOTES].cache_age
+    return web.json_response({"status": "ready", "cached_quote_age_s": age})
+
+
+async def sidecar_client(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: the sidecar client session."""
+    settings = app[SETTINGS]
+    client = SidecarClient(
+        settings.sidecar_socket, timeout=settings.quote_timeout, retry_after=settings.retry_after
+    )
+    await client.start()
+    app[SIDECAR] = client
+    app[QUOTES] = QuoteProvider(
+        client,
+        app[INFO].digest,
+        refresh_interval=settings.cache_refresh_interval,
+        max_age=settings.cache_max_age,
+        retry_after=settings.retry_after,
+    )
+    yield
+    await client.close()
+
+
+async def quote_refresher(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: the background task that keeps the cached quote fresh."""
+    task = asyncio.create_task(app[QUOTES].run_refresher(), name="quote-refresher")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def create_app(settings: ServiceSettings, *, app_version: str | None = None) -> web.Application:
+    """The public API. `/info` bytes are fixed here, once, for the life of the app."""
+    app = web.Application(
+        client_max_size=1024,
+        middlewares=[request_middleware("service")],
+    )
+    app[SETTINGS] = settings
+    app[INFO] = build_info_document(settings.build_info, app_version or package_version())
+    app.cleanup_ctx.append(sidecar_client)
+    app.cleanup_ctx.append(quote_refresher)
+    app.router.add_get("/info", get_info)
+    app.router.add_get("/attestation", get_attestation)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app

@@ -1,0 +1,178 @@
+"""The sidecar's aiohttp app: validate, serialise and forward GetQuote/Info to the guest agent."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from oauth3.httpmw import REQUEST_ID, REQUEST_ID_HEADER, note, request_middleware
+from oauth3.problem import Problem
+
+from .settings import SidecarSettings
+
+MAX_AGENT_RESPONSE_BYTES = 1 << 20
+QUEUE_MS_HEADER = "X-Oauth3-Queue-Ms"
+AGENT_MS_HEADER = "X-Oauth3-Agent-Ms"
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+class QueueFullError(Exception):
+    """More quote requests are pending than the queue allows."""
+
+
+class QuoteGate:
+    """One quote at a time (the agent serialises anyway), with at most `queue_size` waiting."""
+
+    def __init__(self, queue_size: int) -> None:
+        self._lock = asyncio.Lock()
+        self._limit = queue_size + 1
+        self.pending = 0
+
+    @asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """Wait for our turn; raise QueueFullError at once when the queue is full."""
+        if self.pending >= self._limit:
+            raise QueueFullError
+        self.pending += 1
+        try:
+            async with self._lock:
+                yield
+        finally:
+            self.pending -= 1
+
+
+SETTINGS = web.AppKey("settings", SidecarSettings)
+AGENT = web.AppKey("agent", aiohttp.ClientSession)
+GATE = web.AppKey("gate", QuoteGate)
+
+
+def validate_quote_request(body: bytes) -> None:
+    """Check a GetQuote body: a JSON object whose report_data is hex of at most 64 bytes."""
+    try:
+        doc: Any = orjson.loads(body) if body.strip() else {}
+    except orjson.JSONDecodeError:
+        raise Problem(400, "request body is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise Problem(400, "request body must be a JSON object")
+    report_data = doc.get("report_data", "")
+    if not isinstance(report_data, str):
+        raise Problem(400, "report_data must be a hex string")
+    digits = report_data.removeprefix("0x")
+    if any(c not in _HEX for c in digits):
+        raise Problem(400, "report_data contains a non-hex character")
+    if len(digits) % 2:
+        raise Problem(400, "report_data has an odd number of hex digits")
+    if len(digits) > 128:
+        raise Problem(400, "report_data is longer than 64 bytes")
+
+
+async def _forward(request: web.Request, method: str, body: bytes, limit_s: float) -> web.Response:
+    """POST `body` to the agent's `/method` and relay its answer unchanged."""
+    headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request[REQUEST_ID]}
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(limit_s):
+            async with request.app[AGENT].post(
+                f"http://dstack/{method}", data=body, headers=headers
+            ) as answer:
+                payload = await answer.content.read(MAX_AGENT_RESPONSE_BYTES + 1)
+                status = answer.status
+                content_type = answer.headers.get("Content-Type", "application/json")
+    except TimeoutError:
+        note(request, agent_error="timeout")
+        raise Problem(504, "the guest agent did not answer in time") from None
+    except aiohttp.ClientPayloadError:
+        note(request, agent_error="dropped")
+        raise Problem(502, "the guest agent dropped the connection mid-answer") from None
+    except (aiohttp.ClientConnectionError, OSError):
+        note(request, agent_error="unavailable")
+        raise Problem(
+            503, "the guest agent is unavailable", retry_after=request.app[SETTINGS].retry_after
+        ) from None
+    agent_ms = round((time.perf_counter() - started) * 1000, 3)
+    if len(payload) > MAX_AGENT_RESPONSE_BYTES:
+        note(request, agent_error="oversized")
+        raise Problem(502, "the guest agent's answer is too large")
+    note(request, agent_ms=agent_ms, agent_status=status)
+    response = web.Response(status=status, body=payload, headers={"Content-Type": content_type})
+    response.headers[AGENT_MS_HEADER] = str(agent_ms)
+    return response
+
+
+async def get_quote(request: web.Request) -> web.Response:
+    """POST /GetQuote: validated, then forwarded one at a time behind the bounded queue."""
+    body = await request.read()
+    validate_quote_request(body)
+    settings = request.app[SETTINGS]
+    gate = request.app[GATE]
+    queued_at = time.perf_counter()
+    note(request, queue_depth=gate.pending)
+    try:
+        async with asyncio.timeout(settings.quote_timeout), gate.turn():
+            queue_ms = round((time.perf_counter() - queued_at) * 1000, 3)
+            note(request, queue_ms=queue_ms)
+            remaining = settings.quote_timeout - queue_ms / 1000
+            response = await _forward(request, "GetQuote", body, max(remaining, 0.001))
+    except QueueFullError:
+        note(request, rejected="queue_full")
+        raise Problem(
+            503, "too many quote requests are waiting", retry_after=settings.retry_after
+        ) from None
+    except TimeoutError:
+        note(request, agent_error="timeout_in_queue")
+        raise Problem(504, "the guest agent did not answer in time") from None
+    response.headers[QUEUE_MS_HEADER] = str(queue_ms)
+    return response
+
+
+async def info(request: web.Request) -> web.Response:
+    """POST /Info: forwarded as is (the agent answers it without the quote lock)."""
+    body = await request.read()
+    return await _forward(request, "Info", body or b"{}", request.app[SETTINGS].info_timeout)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """GET /healthz: the sidecar process is up (touches nothing else)."""
+    return web.json_response({"status": "ok"})
+
+
+async def refuse(request: web.Request) -> web.Response:
+    """Every other method and path: 403, so keys, signing and RTMR extension stay unreachable."""
+    note(request, refused=request.path)
+    raise Problem(403, "only POST /GetQuote and POST /Info are forwarded by this sidecar")
+
+
+def agent_session(settings: SidecarSettings) -> Any:
+    """cleanup_ctx entry: one ClientSession over a UnixConnector to the agent socket."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        # keep-alive shorter than the agent's own (10 s) so we never reuse a closed connection
+        connector = aiohttp.UnixConnector(path=str(settings.agent_socket), keepalive_timeout=5)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            app[AGENT] = session
+            yield
+
+    return ctx
+
+
+def create_app(settings: SidecarSettings) -> web.Application:
+    """The sidecar app: POST /GetQuote, POST /Info, GET /healthz; anything else 403."""
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[request_middleware("sidecar", error_member=True)],
+    )
+    app[SETTINGS] = settings
+    app[GATE] = QuoteGate(settings.queue_size)
+    app.cleanup_ctx.append(agent_session(settings))
+    app.router.add_post("/GetQuote", get_quote)
+    app.router.add_post("/Info", info)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_route("*", "/{tail:.*}", refuse)
+    return app
