@@ -1,0 +1,192 @@
+"""`oauth3-run` (`make run`): simulator, sidecar and service as three processes on unix sockets."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+from oauth3.cli import OneLineParser, fail
+
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+
+
+@dataclass
+class Child:
+    """One started role: its process and its log file."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    log_file: IO[bytes] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class StackPaths:
+    """Where the run directory puts sockets, logs and the simulator's DCAP files."""
+
+    run_dir: Path
+
+    @property
+    def agent_socket(self) -> Path:
+        """The simulator's dstack.sock."""
+        return self.run_dir / "dstack.sock"
+
+    @property
+    def sidecar_socket(self) -> Path:
+        """The sidecar's own socket, the only one the service talks to."""
+        return self.run_dir / "sidecar.sock"
+
+    @property
+    def dcap_dir(self) -> Path:
+        """Mock root CA and collateral written by the simulator for offline verification."""
+        return self.run_dir / "dcap"
+
+
+def _start(name: str, args: list[str], env: dict[str, str], paths: StackPaths) -> Child:
+    log_path = paths.run_dir / f"{name}.log"
+    log_file = open(log_path, "ab")  # noqa: SIM115 - closed in stop_all, after the child exits
+    process = subprocess.Popen(  # noqa: S603 - our own interpreter and module, no shell
+        [sys.executable, "-m", *args], env=env, stdout=log_file, stderr=log_file
+    )
+    return Child(name, process, log_path, log_file)
+
+
+def _socket_accepts(path: Path) -> bool:
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(0.5)
+            probe.connect(str(path))
+    except OSError:
+        return False
+    return True
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback URL we built
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _wait(what: str, ready: Callable[[], bool], children: list[Child]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        for child in children:
+            if child.process.poll() is not None:
+                raise RuntimeError(
+                    f"{child.name} exited with code {child.process.returncode} "
+                    f"while waiting for {what}; see {child.log_path}"
+                )
+        if ready():
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out after {START_TIMEOUT_S:.0f} s waiting for {what}")
+
+
+def stop_all(children: list[Child]) -> None:
+    """SIGTERM each child in reverse start order, wait, SIGKILL what is left; close the logs."""
+    for child in reversed(children):
+        if child.process.poll() is None:
+            child.process.send_signal(signal.SIGTERM)
+            try:
+                child.process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+                child.process.wait()
+        child.log_file.close()
+
+
+def start_stack(paths: StackPaths, host: str, port: int, env: dict[str, str]) -> list[Child]:
+    """Start the three roles in order and wait until each is ready; raise RuntimeError if not."""
+    paths.run_dir.mkdir(parents=True, exist_ok=True)
+    env = {
+        **env,
+        "OAUTH3_SIDECAR_SOCKET": str(paths.sidecar_socket),
+        "OAUTH3_SIDECAR_AGENT_SOCKET": str(paths.agent_socket),
+        "OAUTH3_HOST": host,
+        "OAUTH3_PORT": str(port),
+    }
+    children: list[Child] = []
+    try:
+        simulator_args = ["oauth3.simulator", "--socket", str(paths.agent_socket)]
+        simulator_args += ["--dcap-dir", str(paths.dcap_dir)]
+        children.append(_start("simulator", simulator_args, env, paths))
+        _wait("the simulator socket", lambda: _socket_accepts(paths.agent_socket), children)
+        children.append(_start("sidecar", ["oauth3.sidecar"], env, paths))
+        _wait("the sidecar socket", lambda: _socket_accepts(paths.sidecar_socket), children)
+        children.append(_start("service", ["oauth3.service"], env, paths))
+        _wait("the service /readyz", lambda: _http_ok(f"http://{host}:{port}/readyz"), children)
+    except BaseException:
+        stop_all(children)
+        raise
+    return children
+
+
+def _banner(paths: StackPaths, base: str, children: list[Child]) -> str:
+    logs = ", ".join(str(c.log_path) for c in children)
+    return f"""oauth3 is running (simulated TDX): {base}
+  curl {base}/info
+  curl "{base}/attestation?nonce=$(openssl rand -hex 32)"
+  verify: oauth3-verify {base} --allow-simulated --root-ca {paths.dcap_dir}/root-ca.der \
+          --collateral {paths.dcap_dir}/collateral.json
+logs: {logs}
+Ctrl-C stops all three.
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `oauth3-run`: OAUTH3_RUN_DIR (default ./run), OAUTH3_PORT (default 8080)."""
+    OneLineParser(
+        prog="oauth3-run",
+        description="Run simulator, sidecar and service locally, wired by unix sockets.",
+    ).parse_args(argv)
+    env = dict(os.environ)
+    paths = StackPaths(Path(env.get("OAUTH3_RUN_DIR", "run")).resolve())
+    host = "127.0.0.1"
+    try:
+        port = int(env.get("OAUTH3_PORT", "8080"))
+    except ValueError:
+        fail(f"oauth3-run: OAUTH3_PORT must be a port number, got {env['OAUTH3_PORT']!r}")
+    stopping = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        children = start_stack(paths, host, port, env)
+    except RuntimeError as exc:
+        fail(f"oauth3-run: {exc}", 1)
+    sys.stdout.write(_banner(paths, f"http://{host}:{port}", children))
+    sys.stdout.flush()
+    exited: Child | None = None
+    while not stopping and exited is None:
+        exited = next((c for c in children if c.process.poll() is not None), None)
+        time.sleep(0.1)
+    stop_all(children)
+    if exited is not None:
+        fail(
+            f"oauth3-run: {exited.name} exited with code {exited.process.returncode}; "
+            f"see {exited.log_path}",
+            1,
+        )
+    sys.stdout.write("oauth3-run: stopped\n")
+
+
+if __name__ == "__main__":
+    main()
