@@ -1,0 +1,145 @@
+"""Online mode: fetch the exact /info bytes and a fresh /attestation, then verify them."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import aiohttp
+import dcap_qvl
+import orjson
+
+from .bundle import Bundle, BundleError, evidence_from_bundle
+from .collateral import DEFAULT_PCCS_URL, fetch_collateral, load_collateral
+from .steps import Evidence, Policy, Verdict, verify_evidence
+
+MAX_RESPONSE = 1 << 20
+DEFAULT_TIMEOUT = 30.0
+
+
+class FetchError(Exception):
+    """The service could not be reached or answered with an error (exit code 2)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CollateralSource:
+    """Where collateral comes from: a loaded file wins, else the PCCS (`pccs_given` when the
+    user named it, so it also wins over collateral stored in a bundle)."""
+
+    collateral: dcap_qvl.QuoteCollateralV3 | None = None
+    pccs_url: str = DEFAULT_PCCS_URL
+    pccs_given: bool = False
+
+
+def _problem_summary(body: bytes) -> str:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return ""
+    if not isinstance(doc, dict):
+        return ""
+    parts = [str(doc[k]) for k in ("title", "detail") if isinstance(doc.get(k), str)]
+    return ": " + ": ".join(parts) if parts else ""
+
+
+async def _get(session: aiohttp.ClientSession, url: str) -> bytes:
+    try:
+        async with session.get(url) as response:
+            body = await response.content.read(MAX_RESPONSE + 1)
+            if response.status != 200:
+                raise FetchError(f"GET {url}: HTTP {response.status}{_problem_summary(body)}")
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise FetchError(f"GET {url}: {type(exc).__name__} {exc}".rstrip()) from None
+    if len(body) > MAX_RESPONSE:
+        raise FetchError(f"GET {url}: response exceeds {MAX_RESPONSE} bytes")
+    return body
+
+
+async def fetch_evidence(session: aiohttp.ClientSession, url: str, nonce: bytes | None) -> Bundle:
+    """GET `<url>/info` (bytes kept exactly) and `<url>/attestation[?nonce=hex]`."""
+    base = url.rstrip("/")
+    fetched_at = int(time.time())
+    info = await _get(session, f"{base}/info")
+    query = f"?nonce={nonce.hex()}" if nonce is not None else ""
+    body = await _get(session, f"{base}/attestation{query}")
+    try:
+        attestation = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise FetchError(f"GET {base}/attestation: not JSON: {exc}") from None
+    if not isinstance(attestation, dict):
+        raise FetchError(f"GET {base}/attestation: not a JSON object")
+    return Bundle(url=url, fetched_at=fetched_at, nonce=nonce, info=info, attestation=attestation)
+
+
+def client_session(timeout: float) -> aiohttp.ClientSession:
+    """A client session whose every request is bounded by `timeout` seconds in total."""
+    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))
+
+
+async def obtain_collateral(
+    session: aiohttp.ClientSession,
+    source: CollateralSource,
+    evidence: Evidence,
+    policy: Policy,
+    stored: dict[str, object] | None = None,
+) -> dcap_qvl.QuoteCollateralV3 | None:
+    """The collateral to verify with: file, then a named PCCS, then `stored`, then the default."""
+    if policy.skip_dcap:
+        return None
+    if source.collateral is not None:
+        return source.collateral
+    if stored is not None and not source.pccs_given:
+        return load_collateral(orjson.dumps(stored))
+    return await fetch_collateral(session, source.pccs_url, evidence.quote)
+
+
+async def verify_bundle(
+    bundle: Bundle,
+    policy: Policy,
+    source: CollateralSource,
+    *,
+    request_timeout: float = DEFAULT_TIMEOUT,
+) -> tuple[Verdict, Bundle]:
+    """Verify fetched or saved evidence; returns the verdict and the bundle with its collateral.
+    Raises BundleError, CollateralError or FetchError for malformed input and network errors."""
+    evidence = evidence_from_bundle(bundle)
+    async with client_session(request_timeout) as session:
+        collateral = await obtain_collateral(session, source, evidence, policy, bundle.collateral)
+    stored = bundle.collateral
+    if collateral is not None:
+        stored = orjson.loads(collateral.to_json())
+    verdict = verify_evidence(evidence, policy, collateral)
+    return verdict, Bundle(
+        url=bundle.url,
+        fetched_at=bundle.fetched_at,
+        nonce=bundle.nonce,
+        info=bundle.info,
+        attestation=bundle.attestation,
+        collateral=stored,
+    )
+
+
+async def verify_url(
+    url: str,
+    policy: Policy,
+    source: CollateralSource,
+    *,
+    nonce: bytes | None,
+    request_timeout: float = DEFAULT_TIMEOUT,
+) -> tuple[Verdict, Bundle]:
+    """Fetch /info and /attestation from a running oauth3 service and verify them.
+    Raises FetchError, BundleError or CollateralError (exit code 2 on the command line)."""
+    async with client_session(request_timeout) as session:
+        bundle = await fetch_evidence(session, url, nonce)
+    return await verify_bundle(bundle, policy, source, request_timeout=request_timeout)
+
+
+__all__ = [
+    "BundleError",
+    "CollateralSource",
+    "FetchError",
+    "fetch_evidence",
+    "obtain_collateral",
+    "verify_bundle",
+    "verify_url",
+]

@@ -1,0 +1,194 @@
+"""Collateral fetched from a fake PCCS on 127.0.0.1 serving the vectors' collateral pieces."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer, unused_port
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from oauth3.verifier.cli import run
+from oauth3.verifier.collateral import CollateralError, fetch_collateral
+
+REPORT = "dstack-head/verifier-fixtures/quote-report.json"
+COLLATERAL = "dcap-qvl/sample/tdx_quote_outdated_collateral.json"
+INSIDE = "2026-03-20T10:41:14Z"
+
+ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
+
+
+def fake_pccs(
+    collateral: dict[str, str],
+    *,
+    tcb_chain_header: str = "TCB-Info-Issuer-Chain",
+    pem_crl: bool = False,
+    spaced_bodies: bool = False,
+    broken: str | None = None,
+) -> tuple[web.Application, list[str]]:
+    """An aiohttp PCCS serving one collateral set, recording each request's path and query."""
+    seen: list[str] = []
+    sep = ", " if spaced_bodies else ","
+    colon = ": " if spaced_bodies else ":"
+
+    def chain(value: str) -> str:
+        return urllib.parse.quote(value, safe="")
+
+    async def pck_crl(request: web.Request) -> web.Response:
+        der = bytes.fromhex(collateral["pck_crl"])
+        body = x509.load_der_x509_crl(der).public_bytes(Encoding.PEM) if pem_crl else der
+        headers = (
+            {}
+            if broken == "header"
+            else {"SGX-PCK-CRL-Issuer-Chain": chain(collateral["pck_crl_issuer_chain"])}
+        )
+        return web.Response(body=body, headers=headers)
+
+    async def root_crl(request: web.Request) -> web.Response:
+        return web.Response(text=collateral["root_ca_crl"])
+
+    async def tcb(request: web.Request) -> web.Response:
+        if broken == "tcb":
+            raise web.HTTPNotFound()
+        if broken == "unsigned":
+            return web.Response(
+                text=f'{{"tcbInfo":{collateral["tcb_info"]}}}',
+                headers={tcb_chain_header: chain(collateral["tcb_info_issuer_chain"])},
+            )
+        body = (
+            f'{{"tcbInfo"{colon}{collateral["tcb_info"]}{sep}'
+            f'"signature"{colon}"{collateral["tcb_info_signature"]}"}}'
+        )
+        headers = {tcb_chain_header: chain(collateral["tcb_info_issuer_chain"])}
+        return web.Response(text=body, content_type="application/json", headers=headers)
+
+    async def qe_identity(request: web.Request) -> web.Response:
+        body = (
+            f'{{"enclaveIdentity"{colon}{collateral["qe_identity"]}{sep}'
+            f'"signature"{colon}"{collateral["qe_identity_signature"]}"}}'
+        )
+        headers = {
+            "SGX-Enclave-Identity-Issuer-Chain": chain(collateral["qe_identity_issuer_chain"])
+        }
+        return web.Response(text=body, content_type="application/json", headers=headers)
+
+    @web.middleware
+    async def record(request: web.Request, handler: Any) -> web.StreamResponse:
+        seen.append(request.path_qs)
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    app = web.Application(middlewares=[record])
+    app.router.add_get("/sgx/certification/v4/pckcrl", pck_crl)
+    app.router.add_get("/sgx/certification/v4/rootcacrl", root_crl)
+    app.router.add_get("/tdx/certification/v4/tcb", tcb)
+    app.router.add_get("/tdx/certification/v4/qe/identity", qe_identity)
+    return app, seen
+
+
+def _collateral(vectors: Path) -> dict[str, str]:
+    loaded: dict[str, str] = json.loads((vectors / COLLATERAL).read_text())
+    return loaded
+
+
+def _quote(vectors: Path) -> bytes:
+    return bytes.fromhex(json.loads((vectors / REPORT).read_text())["quote"])
+
+
+async def _verify(args: list[str]) -> tuple[int, dict[str, Any]]:
+    out = io.StringIO()
+    code = await asyncio.to_thread(run, [*args, "--json"], out)
+    return code, json.loads(out.getvalue()) if out.getvalue() else {}
+
+
+@pytest.mark.parametrize(
+    ("tcb_chain_header", "pem_crl", "spaced_bodies"),
+    [
+        ("TCB-Info-Issuer-Chain", False, False),
+        ("SGX-TCB-Info-Issuer-Chain", True, True),
+    ],
+)
+async def test_fetched_collateral_equals_the_file(
+    vectors: Path,
+    aiohttp_server: ServerFactory,
+    tcb_chain_header: str,
+    pem_crl: bool,
+    spaced_bodies: bool,
+) -> None:
+    expected = _collateral(vectors)
+    app, seen = fake_pccs(
+        expected, tcb_chain_header=tcb_chain_header, pem_crl=pem_crl, spaced_bodies=spaced_bodies
+    )
+    server = await aiohttp_server(app)
+    async with aiohttp.ClientSession() as session:
+        fetched = await fetch_collateral(session, str(server.make_url("/")), _quote(vectors))
+    assert json.loads(fetched.to_json()) == expected
+    assert sorted(seen) == sorted(
+        [
+            "/sgx/certification/v4/pckcrl?ca=platform&encoding=der",
+            "/tdx/certification/v4/tcb?fmspc=90C06F000000",
+            "/tdx/certification/v4/qe/identity?update=standard",
+            "/sgx/certification/v4/rootcacrl",
+        ]
+    )
+
+
+async def test_pccs_verdict_matches_file_verdict(
+    vectors: Path, aiohttp_server: ServerFactory
+) -> None:
+    app, seen = fake_pccs(_collateral(vectors))
+    server = await aiohttp_server(app)
+    common = ["--dstack-quote", str(vectors / REPORT), "--at", INSIDE]
+    pccs_url = str(server.make_url("/sgx/certification/v4/"))
+    by_pccs = await _verify([*common, "--pccs", pccs_url])
+    by_file = await _verify([*common, "--collateral", str(vectors / COLLATERAL)])
+    assert by_pccs == by_file
+    assert by_pccs[0] == 0
+    assert by_pccs[1]["verdict"] == "VERIFIED"
+    assert len(seen) == 4
+
+
+@pytest.mark.parametrize(("broken", "message"), [("tcb", "HTTP 404"), ("header", "lacks")])
+async def test_pccs_errors_are_one_line_exit_2(
+    vectors: Path,
+    aiohttp_server: ServerFactory,
+    capsys: pytest.CaptureFixture[str],
+    broken: str,
+    message: str,
+) -> None:
+    app, _ = fake_pccs(_collateral(vectors), broken=broken)
+    server = await aiohttp_server(app)
+    args = ["--dstack-quote", str(vectors / REPORT), "--pccs", str(server.make_url("/"))]
+    code, doc = await _verify(args)
+    assert (code, doc) == (2, {})
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1
+
+
+async def test_unreachable_pccs_is_exit_2(
+    vectors: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"http://127.0.0.1:{unused_port()}"
+    code, _ = await _verify(["--dstack-quote", str(vectors / REPORT), "--pccs", url])
+    assert code == 2
+    assert "cannot fetch" in capsys.readouterr().err
+
+
+async def test_fetch_rejects_unsigned_tcb_body(
+    vectors: Path, aiohttp_server: ServerFactory
+) -> None:
+    app, _ = fake_pccs(_collateral(vectors), broken="unsigned")
+    server = await aiohttp_server(app)
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(CollateralError, match="not a signed tcbInfo"):
+            await fetch_collateral(session, str(server.make_url("/")), _quote(vectors))
