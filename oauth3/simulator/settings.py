@@ -1,0 +1,220 @@
+"""Simulator configuration: command-line options over OAUTH3_SIM_* variables, read once in main."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import cast
+
+from oauth3.logs import valid_level
+
+from .state import EVENT_LOG_FORMATS, EventLogFormat
+
+DEFAULT_SEED = "oauth3-simulator"
+DEFAULT_APP_COMPOSE = "default-app-compose.json"
+MAX_UNIX_PATH_BYTES = 107
+MAX_LATENCY_MS = 600_000
+
+# option name -> environment variable, in the order `--help` lists them
+ENVIRONMENT = {
+    "socket": "OAUTH3_SIM_SOCKET",
+    "app_compose": "OAUTH3_SIM_APP_COMPOSE",
+    "seed": "OAUTH3_SIM_SEED",
+    "event_log": "OAUTH3_SIM_EVENT_LOG",
+    "quote_latency_ms": "OAUTH3_SIM_QUOTE_LATENCY_MS",
+    "fail_rate": "OAUTH3_SIM_FAIL_RATE",
+    "stall_rate": "OAUTH3_SIM_STALL_RATE",
+    "wrong_report_data_rate": "OAUTH3_SIM_WRONG_REPORT_DATA_RATE",
+    "dcap_dir": "OAUTH3_SIM_DCAP_DIR",
+    "pccs_port": "OAUTH3_SIM_PCCS_PORT",
+    "log_level": "OAUTH3_LOG_LEVEL",
+}
+
+
+class ConfigError(ValueError):
+    """An option or environment variable holds an invalid value; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatorSettings:
+    """Everything the simulator needs; `app_compose` holds the exact bytes it measures."""
+
+    socket: Path
+    app_compose: bytes
+    app_compose_source: str = DEFAULT_APP_COMPOSE
+    seed: str = DEFAULT_SEED
+    event_log: EventLogFormat = "full"
+    quote_latency_ms: int = 0
+    fail_rate: float = 0.0
+    stall_rate: float = 0.0
+    wrong_report_data_rate: float = 0.0
+    dcap_dir: Path | None = None
+    pccs_port: int = 0
+    log_level: str = "info"
+    socket_mode: int = 0o666
+    stall_seconds: float = 3600.0
+
+    def __post_init__(self) -> None:
+        rates = (self.fail_rate, self.stall_rate, self.wrong_report_data_rate)
+        if any(not 0.0 <= rate <= 1.0 for rate in rates):
+            raise ConfigError("fault rates must be fractions between 0 and 1")
+        if sum(rates) > 1.0 + 1e-9:
+            raise ConfigError(
+                "fail, stall and wrong-report-data rates are exclusive outcomes; "
+                f"their sum must not exceed 1 (got {sum(rates):g})"
+            )
+        if not 0 <= self.quote_latency_ms <= MAX_LATENCY_MS:
+            raise ConfigError(f"quote latency must be 0-{MAX_LATENCY_MS} ms")
+        if not 0 <= self.pccs_port <= 65535:
+            raise ConfigError("PCCS port must be 0 (off) or 1-65535")
+        if len(os.fsencode(self.socket)) > MAX_UNIX_PATH_BYTES:
+            raise ConfigError(
+                f"socket path is {len(os.fsencode(self.socket))} bytes; unix sockets allow "
+                f"{MAX_UNIX_PATH_BYTES}"
+            )
+
+
+def parser(prog: str, parser_class: type[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    """The command-line interface; each option's default is its environment variable."""
+    cli = parser_class(
+        prog=prog,
+        description="A dstack guest agent (dstack.sock) whose quotes, event log and Info agree.",
+    )
+    env = ENVIRONMENT
+    cli.add_argument("--socket", metavar="PATH", help=f"unix socket to serve [{env['socket']}]")
+    cli.add_argument(
+        "--app-compose",
+        metavar="FILE",
+        help=f"app-compose.json to measure (default: oauth3's own) [{env['app_compose']}]",
+    )
+    cli.add_argument("--seed", help=f"derives every measurement and key [{env['seed']}]")
+    cli.add_argument(
+        "--event-log",
+        choices=EVENT_LOG_FORMATS,
+        help=f"GetQuote's event-log format: full (OS <= 0.5.5) or stripped [{env['event_log']}]",
+    )
+    cli.add_argument(
+        "--quote-latency-ms",
+        metavar="N",
+        help=f"time each quote takes, serialised [{env['quote_latency_ms']}]",
+    )
+    cli.add_argument(
+        "--fail-rate", metavar="F", help=f"fraction of quotes answered 500 [{env['fail_rate']}]"
+    )
+    cli.add_argument(
+        "--stall-rate",
+        metavar="F",
+        help=f"fraction of quote requests that hang for an hour [{env['stall_rate']}]",
+    )
+    cli.add_argument(
+        "--wrong-report-data-rate",
+        metavar="F",
+        help="fraction of quotes over other report_data than requested "
+        f"[{env['wrong_report_data_rate']}]",
+    )
+    cli.add_argument(
+        "--dcap-dir",
+        metavar="DIR",
+        help=f"write root-ca.der and collateral.json of the mock DCAP PKI here [{env['dcap_dir']}]",
+    )
+    cli.add_argument(
+        "--pccs-port",
+        metavar="N",
+        help=f"serve the mock PCCS on 127.0.0.1:N, 0 = off [{env['pccs_port']}]",
+    )
+    cli.add_argument("--log-level", help=f"debug, info or warning [{env['log_level']}]")
+    cli.add_argument(
+        "--healthcheck",
+        action="store_true",
+        help="exit 0 if a simulator answers on the socket, 1 otherwise",
+    )
+    return cli
+
+
+def _pick(args: argparse.Namespace, env: Mapping[str, str], name: str) -> tuple[str, str] | None:
+    """The raw value and where it came from: the option wins over the environment."""
+    value = getattr(args, name)
+    if value is not None:
+        return value, "--" + name.replace("_", "-")
+    variable = ENVIRONMENT[name]
+    if env.get(variable):
+        return env[variable], variable
+    return None
+
+
+def _fraction(raw: tuple[str, str] | None) -> float:
+    if raw is None:
+        return 0.0
+    value, origin = raw
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{origin} must be a number between 0 and 1, got {value!r}") from None
+    if not 0.0 <= number <= 1.0:
+        raise ConfigError(f"{origin} must be between 0 and 1, got {value!r}")
+    return number
+
+
+def _integer(raw: tuple[str, str] | None, low: int, high: int) -> int:
+    if raw is None:
+        return 0
+    value, origin = raw
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(f"{origin} must be an integer, got {value!r}") from None
+    if not low <= number <= high:
+        raise ConfigError(f"{origin} must be between {low} and {high}, got {value!r}")
+    return number
+
+
+def default_app_compose() -> bytes:
+    """The packaged app-compose describing oauth3 itself (sidecar + service)."""
+    return resources.files("oauth3.simulator").joinpath(DEFAULT_APP_COMPOSE).read_bytes()
+
+
+def from_args(args: argparse.Namespace, env: Mapping[str, str]) -> SimulatorSettings:
+    """Validate options and environment into settings; ConfigError names the first bad value."""
+    socket_raw = _pick(args, env, "socket")
+    if socket_raw is None:
+        raise ConfigError(f"a socket path is required (--socket or {ENVIRONMENT['socket']})")
+    compose_raw = _pick(args, env, "app_compose")
+    if compose_raw is None:
+        app_compose, source = default_app_compose(), DEFAULT_APP_COMPOSE
+    else:
+        source = compose_raw[0]
+        try:
+            app_compose = Path(source).read_bytes()
+        except OSError as exc:
+            raise ConfigError(
+                f"{compose_raw[1]}: cannot read {source}: {exc.strerror or exc}"
+            ) from None
+    event_log = _pick(args, env, "event_log")
+    if event_log is not None and event_log[0] not in EVENT_LOG_FORMATS:
+        raise ConfigError(f"{event_log[1]} must be full or stripped, got {event_log[0]!r}")
+    dcap_dir = _pick(args, env, "dcap_dir")
+    log_level = _pick(args, env, "log_level")
+    seed = _pick(args, env, "seed")
+    try:
+        return SimulatorSettings(
+            socket=Path(socket_raw[0]),
+            app_compose=app_compose,
+            app_compose_source=source,
+            seed=seed[0] if seed is not None else DEFAULT_SEED,
+            event_log=cast(EventLogFormat, event_log[0]) if event_log is not None else "full",
+            quote_latency_ms=_integer(_pick(args, env, "quote_latency_ms"), 0, MAX_LATENCY_MS),
+            fail_rate=_fraction(_pick(args, env, "fail_rate")),
+            stall_rate=_fraction(_pick(args, env, "stall_rate")),
+            wrong_report_data_rate=_fraction(_pick(args, env, "wrong_report_data_rate")),
+            dcap_dir=Path(dcap_dir[0]) if dcap_dir is not None else None,
+            pccs_port=_integer(_pick(args, env, "pccs_port"), 0, 65535),
+            log_level=valid_level(log_level[0]) if log_level is not None else "info",
+        )
+    except ValueError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(str(exc)) from None

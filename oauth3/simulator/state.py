@@ -1,0 +1,289 @@
+"""The simulated CVM: boot and runtime event logs, RTMRs, quotes and the Info document, from a seed.
+
+Everything is derived from (seed, app-compose bytes), so the quote, the event log and Info agree:
+RTMR0-3 replay from the log, the compose-hash event is SHA-256 of the app-compose served in Info,
+and mr_config_id binds the same hash. The deployment is KMS-less: app-id = compose_hash[:20] and
+the key provider is `{"name":"none","id":""}`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+from oauth3.attestation import (
+    RUNTIME_EVENT_TYPE,
+    Event,
+    app_id_without_kms,
+    compose_hash,
+    dump_event_log,
+    event_objects,
+    mr_config_id_v1,
+    replay_rtmrs,
+    runtime_event_digest,
+    stripped,
+)
+from oauth3.simulator.quote import QuoteSigner, build_quote, td_report_body
+
+from .wire import RpcError
+
+EventLogFormat = Literal["full", "stripped"]
+EVENT_LOG_FORMATS: tuple[EventLogFormat, ...] = ("full", "stripped")
+REPORT_DATA_SIZE = 64
+KEY_PROVIDER_INFO = '{"name":"none","id":""}'
+CLOUD_VENDOR = "oauth3 simulator"
+CLOUD_PRODUCT = "simulated TDX CVM (not Intel hardware)"
+
+EV_SEPARATOR = 0x4
+EV_EVENT_TAG = 0x6
+EV_PLATFORM_CONFIG_FLAGS = 0xA
+EV_EFI_VARIABLE_DRIVER_CONFIG = 0x80000001
+EV_EFI_VARIABLE_BOOT = 0x80000002
+EV_EFI_BOOT_SERVICES_APPLICATION = 0x80000003
+EV_EFI_ACTION = 0x80000007
+EV_EFI_PLATFORM_FIRMWARE_BLOB2 = 0x8000000A
+EV_EFI_HANDOFF_TABLES2 = 0x8000000B
+EFI_GLOBAL_VARIABLE = bytes.fromhex("61dfe48bca93d211aa0d00e098032b8c")
+EFI_IMAGE_SECURITY_DATABASE = bytes.fromhex("cbb219d73a3d9645a3bcdad00e67656f")
+
+
+class _Seed:
+    """Labelled, independent byte strings derived from the simulator seed."""
+
+    def __init__(self, seed: str) -> None:
+        self._seed = seed.encode()
+
+    def take(self, label: str, size: int) -> bytes:
+        return hashlib.shake_256(
+            b"oauth3-simulator/v1\0" + label.encode() + b"\0" + self._seed
+        ).digest(size)
+
+
+def pad_report_data(report_data: bytes) -> bytes:
+    """Right-pad to 64 bytes with zeros, as the agent does; RpcError when longer than 64."""
+    if len(report_data) > REPORT_DATA_SIZE:
+        raise RpcError("Report data is too long")
+    return report_data.ljust(REPORT_DATA_SIZE, b"\0")
+
+
+def _uefi_variable(guid: bytes, name: str, data: bytes) -> bytes:
+    encoded = name.encode("utf-16-le")
+    return guid + struct.pack("<QQ", len(name), len(data)) + encoded + data
+
+
+def _boot(imr: int, event_type: int, payload: bytes, digest: bytes | None = None) -> Event:
+    """A firmware event; without an explicit digest it measured its own payload."""
+    return Event(
+        imr=imr,
+        event_type=event_type,
+        digest=digest if digest is not None else hashlib.sha384(payload).digest(),
+        event="",
+        event_payload=payload,
+    )
+
+
+def boot_events(seed: _Seed) -> list[Event]:
+    """Firmware, boot loader and kernel measurements (RTMR0-2) shaped like a real TDX boot log."""
+    measured = {label: seed.take(f"digest/{label}", 48) for label in ("hob", "cfv", "kernel")}
+    measured.update({f"acpi{n}": seed.take(f"digest/acpi{n}", 48) for n in range(3)})
+    separator = bytes(4)
+    cmdline = (
+        "console=ttyS0 init=/init panic=1 oauth3.simulated=1 dstack.os_image="
+        + seed.take("os-image", 32).hex()
+    )
+    cmdline_payload = b"LOADED_IMAGE::LoadOptions\0" + cmdline.encode("utf-16-le")
+    return [
+        _boot(0, EV_EFI_HANDOFF_TABLES2, b"\x09TdxTable\0" + seed.take("hob", 24), measured["hob"]),
+        _boot(0, EV_EFI_PLATFORM_FIRMWARE_BLOB2, b"\x0dSIMULATED-CFV" + bytes(16), measured["cfv"]),
+        _boot(
+            0, EV_EFI_VARIABLE_DRIVER_CONFIG, _uefi_variable(EFI_GLOBAL_VARIABLE, "SecureBoot", b"")
+        ),
+        _boot(0, EV_EFI_VARIABLE_DRIVER_CONFIG, _uefi_variable(EFI_GLOBAL_VARIABLE, "PK", b"")),
+        _boot(0, EV_EFI_VARIABLE_DRIVER_CONFIG, _uefi_variable(EFI_GLOBAL_VARIABLE, "KEK", b"")),
+        _boot(
+            0, EV_EFI_VARIABLE_DRIVER_CONFIG, _uefi_variable(EFI_IMAGE_SECURITY_DATABASE, "db", b"")
+        ),
+        _boot(
+            0,
+            EV_EFI_VARIABLE_DRIVER_CONFIG,
+            _uefi_variable(EFI_IMAGE_SECURITY_DATABASE, "dbx", b""),
+        ),
+        _boot(0, EV_SEPARATOR, separator),
+        *(_boot(0, EV_PLATFORM_CONFIG_FLAGS, b"ACPI DATA", measured[f"acpi{n}"]) for n in range(3)),
+        _boot(
+            1, EV_EFI_BOOT_SERVICES_APPLICATION, seed.take("kernel-path", 74), measured["kernel"]
+        ),
+        _boot(0, EV_EFI_VARIABLE_BOOT, _uefi_variable(EFI_GLOBAL_VARIABLE, "BootOrder", bytes(2))),
+        _boot(
+            0,
+            EV_EFI_VARIABLE_BOOT,
+            _uefi_variable(EFI_GLOBAL_VARIABLE, "Boot0000", seed.take("boot-option", 62)),
+        ),
+        _boot(1, EV_EFI_ACTION, b"Calling EFI Application from Boot Option"),
+        _boot(1, EV_SEPARATOR, separator),
+        _boot(2, EV_EVENT_TAG, cmdline_payload),
+        _boot(2, EV_EVENT_TAG, b"Linux initrd\0", seed.take("digest/initrd", 48)),
+        _boot(1, EV_EFI_ACTION, b"Exit Boot Services Invocation"),
+        _boot(1, EV_EFI_ACTION, b"Exit Boot Services Returned with Success"),
+    ]
+
+
+def _runtime(name: str, payload: bytes) -> Event:
+    return Event(
+        imr=3,
+        event_type=RUNTIME_EVENT_TYPE,
+        digest=runtime_event_digest(name, payload),
+        event=name,
+        event_payload=payload,
+    )
+
+
+def runtime_events(
+    app_id: bytes, compose_digest: bytes, instance_id: bytes, key_provider_info: str
+) -> list[Event]:
+    """The RTMR3 sequence a KMS-less dstack OS measures while booting an app."""
+    return [
+        _runtime("system-preparing", b""),
+        _runtime("app-id", app_id),
+        _runtime("compose-hash", compose_digest),
+        _runtime("instance-id", instance_id),
+        _runtime("boot-mr-done", b""),
+        _runtime("key-provider", key_provider_info.encode()),
+        _runtime("system-ready", b""),
+    ]
+
+
+def _app_compose_fields(app_compose: bytes) -> dict[str, Any]:
+    try:
+        document = json.loads(app_compose)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"app-compose is not valid UTF-8 JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise ValueError("app-compose must be a JSON object")
+    name = document.get("name", "")
+    if not isinstance(name, str):
+        raise ValueError("app-compose 'name' must be a string")
+    return document
+
+
+@dataclass(frozen=True)
+class SimulatedCvm:
+    """One simulated confidential VM: its measurements, event log, Info document and quoter."""
+
+    app_compose: bytes
+    app_name: str
+    compose_hash: bytes
+    app_id: bytes
+    instance_id: bytes
+    mr_td: bytes
+    mr_config_id: bytes
+    rtmrs: tuple[bytes, ...]
+    events: tuple[Event, ...]
+    os_image_hash: bytes
+    vm_config: str
+    signer: QuoteSigner = field(repr=False)
+    key_provider_info: str = KEY_PROVIDER_INFO
+
+    @property
+    def device_id(self) -> bytes:
+        """SHA-256 of the quoting enclave's header user_data (the OS 0.5.4 definition)."""
+        return hashlib.sha256(self.signer.user_data).digest()
+
+    @property
+    def mr_aggregated(self) -> bytes:
+        """SHA-256(mr_td ‖ RTMR0-3 ‖ mr_config_id ‖ mr_owner ‖ mr_owner_config); owner fields 0."""
+        owner = bytes(48)
+        return hashlib.sha256(
+            self.mr_td + b"".join(self.rtmrs) + self.mr_config_id + owner + owner
+        ).digest()
+
+    def quote(self, report_data: bytes) -> bytes:
+        """A signed TDX v4 quote over these measurements and exactly 64 bytes of report_data."""
+        body = td_report_body(
+            mr_td=self.mr_td,
+            rtmrs=self.rtmrs,
+            mr_config_id=self.mr_config_id,
+            report_data=report_data,
+        )
+        return build_quote(body, self.signer)
+
+    def event_log(self, fmt: EventLogFormat) -> str:
+        """GetQuote's `event_log` string: `full` (OS <= 0.5.5) or `stripped` (OS >= 0.5.6)."""
+        return dump_event_log(self.events if fmt == "full" else stripped(self.events))
+
+    def tcb_info(self) -> str:
+        """Info's `tcb_info`: pretty JSON with the RTMRs, hashes, full event log and app-compose."""
+        document = {
+            "mrtd": self.mr_td.hex(),
+            **{f"rtmr{i}": rtmr.hex() for i, rtmr in enumerate(self.rtmrs)},
+            "mr_aggregated": self.mr_aggregated.hex(),
+            "os_image_hash": self.os_image_hash.hex(),
+            "compose_hash": self.compose_hash.hex(),
+            "device_id": self.device_id.hex(),
+            "event_log": event_objects(self.events),
+            "app_compose": self.app_compose.decode(),
+        }
+        return orjson.dumps(document, option=orjson.OPT_INDENT_2).decode()
+
+    def info(self) -> dict[str, str]:
+        """The /Info answer, every field the official SDKs require, consistent with the quote."""
+        return {
+            "app_id": self.app_id.hex(),
+            "instance_id": self.instance_id.hex(),
+            "app_cert": "",
+            "tcb_info": self.tcb_info(),
+            "app_name": self.app_name,
+            "device_id": self.device_id.hex(),
+            "mr_aggregated": self.mr_aggregated.hex(),
+            "os_image_hash": self.os_image_hash.hex(),
+            "key_provider_info": self.key_provider_info,
+            "compose_hash": self.compose_hash.hex(),
+            "vm_config": self.vm_config,
+            "cloud_vendor": CLOUD_VENDOR,
+            "cloud_product": CLOUD_PRODUCT,
+        }
+
+
+def build_cvm(app_compose: bytes, seed: str, signer: QuoteSigner) -> SimulatedCvm:
+    """Boot a simulated CVM for this app-compose; ValueError if it is not a UTF-8 JSON object."""
+    document = _app_compose_fields(app_compose)
+    derive = _Seed(seed)
+    digest = compose_hash(app_compose)
+    app_id = app_id_without_kms(digest)
+    instance_id = (
+        b""
+        if document.get("no_instance_id") is True
+        else hashlib.sha256(derive.take("instance-id-seed", 32) + app_id).digest()[:20]
+    )
+    events = [
+        *boot_events(derive),
+        *runtime_events(app_id, digest, instance_id, KEY_PROVIDER_INFO),
+    ]
+    os_image_hash = derive.take("os-image", 32)
+    vm_config = json.dumps(
+        {
+            "spec_version": 1,
+            "os_image_hash": os_image_hash.hex(),
+            "cpu_count": 2,
+            "memory_size": 2 * 1024**3,
+        }
+    )
+    return SimulatedCvm(
+        app_compose=app_compose,
+        app_name=document.get("name", ""),
+        compose_hash=digest,
+        app_id=app_id,
+        instance_id=instance_id,
+        mr_td=derive.take("mr-td", 48),
+        mr_config_id=mr_config_id_v1(digest),
+        rtmrs=replay_rtmrs(events),
+        events=tuple(events),
+        os_image_hash=os_image_hash,
+        vm_config=vm_config,
+        signer=signer,
+    )
