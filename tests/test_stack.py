@@ -112,37 +112,42 @@ async def test_sigterm_lets_inflight_requests_finish() -> None:
         assert await asyncio.to_thread(service.process.wait, 10) == 0
 
 
-def test_make_run_command_end_to_end(tmp_path: Path) -> None:
+def test_make_run_command_end_to_end() -> None:
     run_dir = short_socket_dir()
     port = free_port()
     env = {**os.environ, "OAUTH3_RUN_DIR": str(run_dir), "OAUTH3_PORT": str(port)}
-    process = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "oauth3.devstack"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-    )
-    try:
-        assert process.stdout is not None
-        banner = process.stdout.readline().decode()
-        assert f"http://127.0.0.1:{port}" in banner, banner + process.stderr.read().decode()
-        info = subprocess.run(
-            ["curl", "-sf", f"http://127.0.0.1:{port}/info"], capture_output=True, check=True
-        ).stdout
-        attestation = subprocess.run(
-            ["curl", "-sf", f"http://127.0.0.1:{port}/attestation?nonce={NONCE}"],
-            capture_output=True,
-            check=True,
-        ).stdout
-        doc = orjson.loads(attestation)
-        assert doc["reportData"] == hashlib.sha256(info).hexdigest() + NONCE
-        process.send_signal(signal.SIGTERM)
-        out, _ = process.communicate(timeout=30)
-        assert process.returncode == 0
-        assert b"stopped" in out
-        assert not (run_dir / "sidecar.sock").exists()
-        assert not (run_dir / "dstack.sock").exists()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    ) as process:
+        try:
+            check_running_stack(process, port, run_dir)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def check_running_stack(process: subprocess.Popen[bytes], port: int, run_dir: Path) -> None:
+    assert process.stdout is not None
+    assert process.stderr is not None
+    banner = process.stdout.readline().decode()
+    assert f"http://127.0.0.1:{port}" in banner, banner + process.stderr.read().decode()
+    info = subprocess.run(
+        ["curl", "-sf", f"http://127.0.0.1:{port}/info"], capture_output=True, check=True
+    ).stdout
+    attestation = subprocess.run(
+        ["curl", "-sf", f"http://127.0.0.1:{port}/attestation?nonce={NONCE}"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    doc = orjson.loads(attestation)
+    assert doc["reportData"] == hashlib.sha256(info).hexdigest() + NONCE
+    process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=30)
+    assert process.returncode == 0
+    assert b"stopped" in out
+    assert not (run_dir / "sidecar.sock").exists()
+    assert not (run_dir / "dstack.sock").exists()
