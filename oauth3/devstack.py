@@ -109,7 +109,9 @@ def stop_all(children: list[Child]) -> None:
         child.log_file.close()
 
 
-def start_stack(paths: StackPaths, host: str, port: int, env: dict[str, str]) -> list[Child]:
+def start_stack(
+    paths: StackPaths, host: str, port: int, env: dict[str, str], pccs_port: int = 0
+) -> list[Child]:
     """Start the three roles in order and wait until each is ready; raise RuntimeError if not."""
     paths.run_dir.mkdir(parents=True, exist_ok=True)
     env = {
@@ -122,7 +124,7 @@ def start_stack(paths: StackPaths, host: str, port: int, env: dict[str, str]) ->
     children: list[Child] = []
     try:
         simulator_args = ["oauth3.simulator", "--socket", str(paths.agent_socket)]
-        simulator_args += ["--dcap-dir", str(paths.dcap_dir)]
+        simulator_args += ["--dcap-dir", str(paths.dcap_dir), "--pccs-port", str(pccs_port)]
         children.append(_start("simulator", simulator_args, env, paths))
         _wait("the simulator socket", lambda: _socket_accepts(paths.agent_socket), children)
         children.append(_start("sidecar", ["oauth3.sidecar"], env, paths))
@@ -135,20 +137,22 @@ def start_stack(paths: StackPaths, host: str, port: int, env: dict[str, str]) ->
     return children
 
 
-def _banner(paths: StackPaths, base: str, children: list[Child]) -> str:
+def _banner(paths: StackPaths, base: str, pccs_port: int, children: list[Child]) -> str:
     logs = ", ".join(str(c.log_path) for c in children)
-    return f"""oauth3 is running (simulated TDX): {base}
-  curl {base}/info
-  curl "{base}/attestation?nonce=$(openssl rand -hex 32)"
-  verify: oauth3-verify {base} --allow-simulated --root-ca {paths.dcap_dir}/root-ca.der \
-          --collateral {paths.dcap_dir}/collateral.json
-logs: {logs}
-Ctrl-C stops all three.
-"""
+    return (
+        f"oauth3 is running (simulated TDX): {base}\n"
+        f"  curl {base}/info\n"
+        f'  curl "{base}/attestation?nonce=$(openssl rand -hex 32)"\n'
+        f"  .venv/bin/oauth3-verify {base} --allow-simulated \\\n"
+        f"      --root-ca {paths.dcap_dir}/root-ca.der --pccs http://127.0.0.1:{pccs_port}\n"
+        f"mock Intel PCCS: http://127.0.0.1:{pccs_port} (same collateral in {paths.dcap_dir})\n"
+        f"logs: {logs}\n"
+        "Ctrl-C stops all three.\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of `oauth3-run`: OAUTH3_RUN_DIR (default ./run), OAUTH3_PORT (default 8080)."""
+    """Entry point of `oauth3-run`: OAUTH3_RUN_DIR (./run), OAUTH3_PORT (8080), OAUTH3_PCCS_PORT."""
     OneLineParser(
         prog="oauth3-run",
         description="Run simulator, sidecar and service locally, wired by unix sockets.",
@@ -158,8 +162,9 @@ def main(argv: list[str] | None = None) -> None:
     host = "127.0.0.1"
     try:
         port = int(env.get("OAUTH3_PORT", "8080"))
+        pccs_port = int(env.get("OAUTH3_PCCS_PORT", str(port + 1)))
     except ValueError:
-        fail(f"oauth3-run: OAUTH3_PORT must be a port number, got {env['OAUTH3_PORT']!r}")
+        fail("oauth3-run: OAUTH3_PORT and OAUTH3_PCCS_PORT must be port numbers")
     stopping = False
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -169,10 +174,10 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        children = start_stack(paths, host, port, env)
+        children = start_stack(paths, host, port, env, pccs_port)
     except RuntimeError as exc:
         fail(f"oauth3-run: {exc}", 1)
-    sys.stdout.write(_banner(paths, f"http://{host}:{port}", children))
+    sys.stdout.write(_banner(paths, f"http://{host}:{port}", pccs_port, children))
     sys.stdout.flush()
     exited: Child | None = None
     while not stopping and exited is None:

@@ -25,6 +25,7 @@ class RunningStack:
     """A started stack: its base URL, paths and processes."""
 
     base_url: str
+    pccs_url: str
     paths: StackPaths
     children: list[Child]
 
@@ -37,9 +38,11 @@ class RunningStack:
 def running_stack(**env: str) -> Iterator[RunningStack]:
     """Start the three processes (extra environment from `env`) and stop them afterwards."""
     paths = StackPaths(short_socket_dir())
-    port = free_port()
-    children = start_stack(paths, "127.0.0.1", port, {**os.environ, **env})
+    port, pccs_port = free_port(), free_port()
+    children = start_stack(paths, "127.0.0.1", port, {**os.environ, **env}, pccs_port)
     try:
-        yield RunningStack(f"http://127.0.0.1:{port}", paths, children)
+        yield RunningStack(
+            f"http://127.0.0.1:{port}", f"http://127.0.0.1:{pccs_port}", paths, children
+        )
     finally:
         stop_all(children)

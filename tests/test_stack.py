@@ -115,7 +115,12 @@ async def test_sigterm_lets_inflight_requests_finish() -> None:
 def test_make_run_command_end_to_end() -> None:
     run_dir = short_socket_dir()
     port = free_port()
-    env = {**os.environ, "OAUTH3_RUN_DIR": str(run_dir), "OAUTH3_PORT": str(port)}
+    env = {
+        **os.environ,
+        "OAUTH3_RUN_DIR": str(run_dir),
+        "OAUTH3_PORT": str(port),
+        "OAUTH3_PCCS_PORT": str(free_port()),
+    }
     with subprocess.Popen(
         [sys.executable, "-m", "oauth3.devstack"],
         env=env,

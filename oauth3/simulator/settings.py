@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from importlib import resources
 from pathlib import Path
 from typing import cast
 
 from oauth3.logs import valid_level
 
+from .mockdcap import TCB_STATUSES, MockDcapOptions, TcbStatus
 from .state import EVENT_LOG_FORMATS, EventLogFormat
 
 DEFAULT_SEED = "oauth3-simulator"
@@ -31,6 +33,10 @@ ENVIRONMENT = {
     "wrong_report_data_rate": "OAUTH3_SIM_WRONG_REPORT_DATA_RATE",
     "dcap_dir": "OAUTH3_SIM_DCAP_DIR",
     "pccs_port": "OAUTH3_SIM_PCCS_PORT",
+    "tcb_status": "OAUTH3_SIM_TCB_STATUS",
+    "advisory_ids": "OAUTH3_SIM_ADVISORY_IDS",
+    "revoked_pck": "OAUTH3_SIM_REVOKED_PCK",
+    "collateral_validity_s": "OAUTH3_SIM_COLLATERAL_VALIDITY_S",
     "log_level": "OAUTH3_LOG_LEVEL",
 }
 
@@ -55,6 +61,7 @@ class SimulatorSettings:
     dcap_dir: Path | None = None
     pccs_port: int = 0
     log_level: str = "info"
+    dcap: MockDcapOptions = field(default_factory=MockDcapOptions)
     socket_mode: int = 0o666
     stall_seconds: float = 3600.0
 
@@ -126,6 +133,28 @@ def parser(prog: str, parser_class: type[argparse.ArgumentParser]) -> argparse.A
         metavar="N",
         help=f"serve the mock PCCS on 127.0.0.1:N, 0 = off [{env['pccs_port']}]",
     )
+    cli.add_argument(
+        "--tcb-status",
+        choices=TCB_STATUSES,
+        help=f"TCB status of the mock platform (default UpToDate) [{env['tcb_status']}]",
+    )
+    cli.add_argument(
+        "--advisory-ids",
+        metavar="IDS",
+        help=f"comma-separated advisories on that TCB level [{env['advisory_ids']}]",
+    )
+    cli.add_argument(
+        "--revoked-pck",
+        action="store_const",
+        const="1",
+        help=f"list the PCK certificate in the PCK CRL [{env['revoked_pck']}=1]",
+    )
+    cli.add_argument(
+        "--collateral-validity-s",
+        metavar="N",
+        help="seconds the collateral stays valid after start (default 30 days) "
+        f"[{env['collateral_validity_s']}]",
+    )
     cli.add_argument("--log-level", help=f"debug, info or warning [{env['log_level']}]")
     cli.add_argument(
         "--healthcheck",
@@ -172,6 +201,25 @@ def _integer(raw: tuple[str, str] | None, low: int, high: int) -> int:
     return number
 
 
+def _dcap_options(args: argparse.Namespace, env: Mapping[str, str]) -> MockDcapOptions:
+    status = _pick(args, env, "tcb_status")
+    if status is not None and status[0] not in TCB_STATUSES:
+        raise ConfigError(
+            f"{status[1]} must be one of {', '.join(TCB_STATUSES)}, got {status[0]!r}"
+        )
+    advisories = _pick(args, env, "advisory_ids")
+    revoked = _pick(args, env, "revoked_pck")
+    if revoked is not None and revoked[0] not in ("0", "1", "true", "false"):
+        raise ConfigError(f"{revoked[1]} must be 1 or 0, got {revoked[0]!r}")
+    validity = _integer(_pick(args, env, "collateral_validity_s"), 0, 10 * 365 * 86_400)
+    return MockDcapOptions(
+        tcb_status=cast(TcbStatus, status[0]) if status is not None else "UpToDate",
+        advisory_ids=tuple(a for a in (advisories[0] if advisories else "").split(",") if a),
+        revoked_pck=revoked is not None and revoked[0] in ("1", "true"),
+        validity=timedelta(seconds=validity) if validity else timedelta(days=30),
+    )
+
+
 def default_app_compose() -> bytes:
     """The packaged app-compose describing oauth3 itself (sidecar + service)."""
     return resources.files("oauth3.simulator").joinpath(DEFAULT_APP_COMPOSE).read_bytes()
@@ -213,6 +261,7 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str]) -> SimulatorSett
             dcap_dir=Path(dcap_dir[0]) if dcap_dir is not None else None,
             pccs_port=_integer(_pick(args, env, "pccs_port"), 0, 65535),
             log_level=valid_level(log_level[0]) if log_level is not None else "info",
+            dcap=_dcap_options(args, env),
         )
     except ValueError as exc:
         if isinstance(exc, ConfigError):

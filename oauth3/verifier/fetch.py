@@ -9,9 +9,11 @@ import aiohttp
 import dcap_qvl
 import orjson
 
+from oauth3.attestation import parse_quote
+
 from .bundle import Bundle, BundleError, evidence_from_bundle
 from .collateral import DEFAULT_PCCS_URL, fetch_collateral, load_collateral
-from .steps import Evidence, Policy, Verdict, verify_evidence
+from .steps import Evidence, Policy, Verdict, chain_facts, verify_evidence
 
 MAX_RESPONSE = 1 << 20
 DEFAULT_TIMEOUT = 30.0
@@ -76,6 +78,13 @@ def client_session(timeout: float) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))
 
 
+def _is_simulator_quote(evidence: Evidence) -> bool:
+    try:
+        return chain_facts(parse_quote(evidence.quote)).names_simulator
+    except Exception:  # an unparsable quote fails its own step; fetch nothing for it
+        return True
+
+
 async def obtain_collateral(
     session: aiohttp.ClientSession,
     source: CollateralSource,
@@ -86,6 +95,8 @@ async def obtain_collateral(
     """The collateral to verify with: file, then a named PCCS, then `stored`, then the default."""
     if policy.skip_dcap:
         return None
+    if not policy.allow_simulated and _is_simulator_quote(evidence):
+        return None  # it fails the simulated step whatever the collateral; ask no PCCS for it
     if source.collateral is not None:
         return source.collateral
     if stored is not None and not source.pccs_given:
