@@ -37,10 +37,16 @@ def _route_name(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-def request_middleware(component: str, *, error_member: bool = False) -> Any:
+def request_middleware(
+    component: str,
+    *,
+    error_member: bool = False,
+    observe: Callable[[str, int, float], None] | None = None,
+) -> Any:
     """Middleware: bind a request id, turn every error into problem+json, log one line per request.
 
-    `error_member` also puts the detail under "error", the member dstack clients read.
+    `error_member` also puts the detail under "error", the member dstack clients read;
+    `observe(route, status, seconds)` is called once per answered request (metrics).
     """
     log = structlog.get_logger(component)
 
@@ -71,13 +77,17 @@ def request_middleware(component: str, *, error_member: bool = False) -> Any:
                 extra = {"error": "internal error"} if error_member else None
                 response = problem_response(500, "internal error", extra=extra)
             response.headers[REQUEST_ID_HEADER] = request_id
+            duration = time.perf_counter() - started
+            route = _route_name(request)
+            if observe is not None:
+                observe(route, response.status, duration)
             log.info(
                 "request",
                 request_id=request_id,
                 method=request.method,
-                route=_route_name(request),
+                route=route,
                 status=response.status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                duration_ms=round(duration * 1000, 3),
                 **request[LOG_FIELDS],
             )
             return response

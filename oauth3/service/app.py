@@ -11,6 +11,7 @@ from aiohttp import web
 
 from oauth3.attestation import ReportDataError, parse_nonce
 from oauth3.httpmw import REQUEST_ID, note, request_middleware
+from oauth3.metrics import ServiceMetrics, ServiceScraper, metrics_listener
 from oauth3.problem import Problem
 
 from .agent import AgentError, SidecarClient
@@ -22,6 +23,7 @@ SETTINGS = web.AppKey("settings", ServiceSettings)
 INFO = web.AppKey("info", InfoDocument)
 SIDECAR = web.AppKey("sidecar", SidecarClient)
 QUOTES = web.AppKey("quotes", QuoteProvider)
+METRICS = web.AppKey("metrics", ServiceMetrics)
 
 log = structlog.get_logger("service")
 
@@ -43,10 +45,13 @@ def _nonce_from_query(request: web.Request) -> bytes | None:
     if not values:
         return None
     if len(values) > 1:
+        request.app[METRICS].nonce_rejections.inc()
+        note(request, nonce_rejected=True)
         raise Problem(400, "nonce was given more than once")
     try:
         return parse_nonce(values[0])
     except ReportDataError as exc:
+        request.app[METRICS].nonce_rejections.inc()
         note(request, nonce_rejected=True)
         raise Problem(400, str(exc)) from None
 
@@ -69,14 +74,18 @@ async def get_attestation(request: web.Request) -> web.Response:
         else:
             outcome = await provider.fresh(nonce, request[REQUEST_ID])
     except AgentError as exc:
+        request.app[METRICS].quotes.labels("rejected").inc()
+        note(request, quote="rejected", cache_hit=False, agent_error=exc.reason)
         raise _agent_problem(exc) from None
+    request.app[METRICS].quotes.labels(outcome.source).inc()
     agent = outcome.served.agent
+    waited = outcome.source != "cached"
     note(
         request,
         quote=outcome.source,
-        cache_hit=outcome.source == "cached",
-        queue_ms=agent.queue_ms if outcome.source == "fresh" else None,
-        agent_ms=agent.agent_ms if outcome.source == "fresh" else None,
+        cache_hit=not waited,
+        queue_ms=agent.queue_ms if waited else None,
+        agent_ms=agent.agent_ms if waited else None,
     )
     cache_control = "no-store" if nonce is not None else "no-cache"
     return web.Response(
@@ -111,13 +120,16 @@ async def sidecar_client(app: web.Application) -> AsyncIterator[None]:
     )
     await client.start()
     app[SIDECAR] = client
-    app[QUOTES] = QuoteProvider(
+    provider = QuoteProvider(
         client,
         app[INFO].digest,
         refresh_interval=settings.cache_refresh_interval,
         max_age=settings.cache_max_age,
         retry_after=settings.retry_after,
+        metrics=app[METRICS],
     )
+    app[QUOTES] = provider
+    app[METRICS].watch_cache_age(lambda: provider.cache_age)
     yield
     await client.close()
 
@@ -133,14 +145,21 @@ async def quote_refresher(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: ServiceSettings, *, app_version: str | None = None) -> web.Application:
     """The public API. `/info` bytes are fixed here, once, for the life of the app."""
+    metrics = ServiceMetrics()
     app = web.Application(
         client_max_size=1024,
-        middlewares=[request_middleware("service")],
+        middlewares=[request_middleware("service", observe=metrics.observe_request)],
     )
     app[SETTINGS] = settings
+    app[METRICS] = metrics
     app[INFO] = build_info_document(settings.build_info, app_version or package_version())
     app.cleanup_ctx.append(sidecar_client)
     app.cleanup_ctx.append(quote_refresher)
+    if settings.metrics_port:
+        scraper = ServiceScraper(metrics, settings.sidecar_socket, settings.ready_timeout)
+        app.cleanup_ctx.append(
+            metrics_listener(settings.metrics_host, settings.metrics_port, scraper)
+        )
     app.router.add_get("/info", get_info)
     app.router.add_get("/attestation", get_attestation)
     app.router.add_get("/healthz", healthz)

@@ -13,6 +13,7 @@ import orjson
 import structlog
 
 from oauth3.attestation import LAYOUT, AttestationError, parse_quote, report_data_for
+from oauth3.metrics import ServiceMetrics
 
 from .agent import AgentBadAnswerError, AgentError, AgentQuote, AgentUnavailableError, SidecarClient
 
@@ -82,8 +83,10 @@ class QuoteProvider:
         refresh_interval: float,
         max_age: float,
         retry_after: int,
+        metrics: ServiceMetrics | None = None,
     ) -> None:
         self._client = client
+        self._metrics = metrics
         self._digest = info_digest
         self._refresh_interval = refresh_interval
         self._max_age = max_age
@@ -98,7 +101,12 @@ class QuoteProvider:
 
     async def _fetch(self, nonce: bytes | None, request_id: str) -> ServedQuote:
         report_data = report_data_for(self._digest, nonce)
+        started = time.perf_counter()
         answer = await self._client.get_quote(report_data, request_id)
+        if self._metrics is not None:
+            self._metrics.observe_agent_call(
+                time.perf_counter() - started, answer.agent_ms, answer.queue_ms
+            )
         try:
             check_binding(answer, report_data)
         except AgentBadAnswerError as exc:
@@ -166,8 +174,12 @@ class QuoteProvider:
                 await self.refresh("refresher")
             except AgentError as exc:
                 log.warning("quote_refresh_failed", reason=exc.reason, detail=exc.log_detail)
+                if self._metrics is not None:
+                    self._metrics.cache_refreshes.labels("error").inc()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._refresh_interval)
                 continue
+            if self._metrics is not None:
+                self._metrics.cache_refreshes.labels("ok").inc()
             delay = min(1.0, self._refresh_interval)
             await asyncio.sleep(self._refresh_interval)

@@ -13,6 +13,8 @@ import orjson
 
 from oauth3.logs import valid_level
 
+DEFAULT_METRICS_PORT = 9464
+
 
 class ConfigError(ValueError):
     """An OAUTH3_* variable holds an invalid value; the message names it."""
@@ -73,6 +75,8 @@ class ServiceSettings:
     shutdown_timeout: float = 10.0
     build_info: dict[str, Any] | None = None
     log_level: str = "info"
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0  # off unless asked for; from_env defaults to DEFAULT_METRICS_PORT
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
@@ -101,4 +105,6 @@ class ServiceSettings:
             shutdown_timeout=_number(env, "OAUTH3_SHUTDOWN_TIMEOUT", 10.0, 0, 600),
             build_info=parse_build_info(env.get("OAUTH3_BUILD_INFO")),
             log_level=log_level,
+            metrics_host=env.get("OAUTH3_METRICS_HOST", "127.0.0.1"),
+            metrics_port=int(_number(env, "OAUTH3_METRICS_PORT", DEFAULT_METRICS_PORT, 0, 65535)),
         )

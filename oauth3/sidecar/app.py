@@ -13,6 +13,7 @@ import orjson
 from aiohttp import web
 
 from oauth3.httpmw import REQUEST_ID, REQUEST_ID_HEADER, note, request_middleware
+from oauth3.metrics import SidecarMetrics, exposition
 from oauth3.problem import Problem
 
 from .settings import SidecarSettings
@@ -51,6 +52,7 @@ class QuoteGate:
 SETTINGS = web.AppKey("settings", SidecarSettings)
 AGENT = web.AppKey("agent", aiohttp.ClientSession)
 GATE = web.AppKey("gate", QuoteGate)
+METRICS = web.AppKey("metrics", SidecarMetrics)
 
 
 def validate_quote_request(body: bytes) -> None:
@@ -76,6 +78,7 @@ def validate_quote_request(body: bytes) -> None:
 async def _forward(request: web.Request, method: str, body: bytes, limit_s: float) -> web.Response:
     """POST `body` to the agent's `/method` and relay its answer unchanged."""
     headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request[REQUEST_ID]}
+    metrics = request.app[METRICS]
     started = time.perf_counter()
     try:
         async with asyncio.timeout(limit_s):
@@ -87,19 +90,26 @@ async def _forward(request: web.Request, method: str, body: bytes, limit_s: floa
                 content_type = answer.headers.get("Content-Type", "application/json")
     except TimeoutError:
         note(request, agent_error="timeout")
+        metrics.agent_error("timeout")
         raise Problem(504, "the guest agent did not answer in time") from None
     except aiohttp.ClientPayloadError:
         note(request, agent_error="dropped")
+        metrics.agent_error("dropped")
         raise Problem(502, "the guest agent dropped the connection mid-answer") from None
     except (aiohttp.ClientConnectionError, OSError):
         note(request, agent_error="unavailable")
+        metrics.agent_error("unavailable")
         raise Problem(
             503, "the guest agent is unavailable", retry_after=request.app[SETTINGS].retry_after
         ) from None
     agent_ms = round((time.perf_counter() - started) * 1000, 3)
+    metrics.agent_seconds.labels(method).observe(agent_ms / 1000)
     if len(payload) > MAX_AGENT_RESPONSE_BYTES:
         note(request, agent_error="oversized")
+        metrics.agent_error("oversized")
         raise Problem(502, "the guest agent's answer is too large")
+    if status != 200:
+        metrics.agent_error("http_error")
     note(request, agent_ms=agent_ms, agent_status=status)
     response = web.Response(status=status, body=payload, headers={"Content-Type": content_type})
     response.headers[AGENT_MS_HEADER] = str(agent_ms)
@@ -114,19 +124,24 @@ async def get_quote(request: web.Request) -> web.Response:
     gate = request.app[GATE]
     queued_at = time.perf_counter()
     note(request, queue_depth=gate.pending)
+    queue_ms: float | None = None
     try:
         async with asyncio.timeout(settings.quote_timeout), gate.turn():
             queue_ms = round((time.perf_counter() - queued_at) * 1000, 3)
             note(request, queue_ms=queue_ms)
+            request.app[METRICS].queue_seconds.observe(queue_ms / 1000)
             remaining = settings.quote_timeout - queue_ms / 1000
             response = await _forward(request, "GetQuote", body, max(remaining, 0.001))
     except QueueFullError:
         note(request, rejected="queue_full")
+        request.app[METRICS].queue_rejections.inc()
         raise Problem(
             503, "too many quote requests are waiting", retry_after=settings.retry_after
         ) from None
     except TimeoutError:
-        note(request, agent_error="timeout_in_queue")
+        kind = "timeout_in_queue" if queue_ms is None else "timeout"
+        note(request, agent_error=kind)
+        request.app[METRICS].agent_error(kind)
         raise Problem(504, "the guest agent did not answer in time") from None
     response.headers[QUEUE_MS_HEADER] = str(queue_ms)
     return response
@@ -141,6 +156,11 @@ async def info(request: web.Request) -> web.Response:
 async def healthz(request: web.Request) -> web.Response:
     """GET /healthz: the sidecar process is up (touches nothing else)."""
     return web.json_response({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """GET /metrics: the sidecar's Prometheus figures (no network here; the service relays them)."""
+    return exposition(request.app[METRICS].registry)
 
 
 async def refuse(request: web.Request) -> web.Response:
@@ -163,16 +183,22 @@ def agent_session(settings: SidecarSettings) -> Any:
 
 
 def create_app(settings: SidecarSettings) -> web.Application:
-    """The sidecar app: POST /GetQuote, POST /Info, GET /healthz; anything else 403."""
+    """The sidecar app: POST /GetQuote, POST /Info, GET /healthz, GET /metrics; else 403."""
+    gate = QuoteGate(settings.queue_size)
+    figures = SidecarMetrics(lambda: gate.pending)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[request_middleware("sidecar", error_member=True)],
+        middlewares=[
+            request_middleware("sidecar", error_member=True, observe=figures.observe_request)
+        ],
     )
     app[SETTINGS] = settings
-    app[GATE] = QuoteGate(settings.queue_size)
+    app[GATE] = gate
+    app[METRICS] = figures
     app.cleanup_ctx.append(agent_session(settings))
     app.router.add_post("/GetQuote", get_quote)
     app.router.add_post("/Info", info)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
     app.router.add_route("*", "/{tail:.*}", refuse)
     return app
