@@ -42,11 +42,13 @@ def request_middleware(
     *,
     error_member: bool = False,
     observe: Callable[[str, int, float], None] | None = None,
+    refuse_get_bodies: bool = False,
 ) -> Any:
     """Middleware: bind a request id, turn every error into problem+json, log one line per request.
 
     `error_member` also puts the detail under "error", the member dstack clients read;
-    `observe(route, status, seconds)` is called once per answered request (metrics).
+    `observe(route, status, seconds)` is called once per answered request (metrics);
+    `refuse_get_bodies` answers 400 to a GET or HEAD that carries a body.
     """
     log = structlog.get_logger(component)
 
@@ -59,6 +61,8 @@ def request_middleware(
         with structlog.contextvars.bound_contextvars(request_id=request_id):
             response: web.StreamResponse
             try:
+                if refuse_get_bodies and request.method in ("GET", "HEAD") and request.body_exists:
+                    raise Problem(400, f"{request.method} requests take no body")
                 response = await handler(request)
             except Problem as problem:
                 if error_member:

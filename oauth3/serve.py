@@ -9,13 +9,45 @@ import os
 import signal
 import socket
 import stat
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import orjson
+import structlog
 from aiohttp import web
+
+log = structlog.get_logger("serve")
+SOCKET_GUARD_INTERVAL_S = 1.0
+_REFUSAL_BODY = orjson.dumps(
+    {
+        "type": "about:blank",
+        "title": "Service Unavailable",
+        "status": 503,
+        "detail": "too many open connections",
+    }
+)
+_REFUSAL = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/problem+json\r\n"
+    b"Retry-After: 1\r\nConnection: close\r\n"
+    + f"Content-Length: {len(_REFUSAL_BODY)}\r\n\r\n".encode()
+    + _REFUSAL_BODY
+)
 
 
 class SocketInUseError(RuntimeError):
     """The unix socket path is held by a live server, or is not a socket at all."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Connection-level limits: idle/slow-client timeout, header sizes, open connections."""
+
+    keepalive_timeout: float = 15.0
+    max_line_size: int = 8190
+    max_field_size: int = 8190
+    max_headers: int = 64
+    max_connections: int = 1024
 
 
 def prepare_socket_path(path: Path) -> None:
@@ -41,6 +73,53 @@ def prepare_socket_path(path: Path) -> None:
     raise SocketInUseError(f"{path} is in use by a running server")
 
 
+def _limit_connections(server: web.Server, limit: int) -> None:
+    """Answer connections beyond `limit` with a bare 503 and close them."""
+    accept = server.connection_made
+
+    def connection_made(handler: Any, transport: asyncio.Transport) -> None:
+        if len(server.connections) >= limit:
+            transport.write(_REFUSAL)
+            transport.close()
+            return
+        accept(handler, transport)
+
+    server.connection_made = connection_made  # type: ignore[method-assign]
+
+
+async def _bind_unix(runner: web.AppRunner, path: Path, mode: int) -> tuple[web.UnixSite, int]:
+    prepare_socket_path(path)
+    old_umask = os.umask(0o777 & ~mode)
+    try:
+        site = web.UnixSite(runner, str(path))
+        await site.start()
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, mode)
+    return site, os.lstat(path).st_ino
+
+
+async def _guard_socket(
+    runner: web.AppRunner, site: web.UnixSite, inode: int, path: Path, mode: int
+) -> None:
+    """Re-create our socket file if someone deletes or replaces it, so no restart is needed."""
+    while True:
+        await asyncio.sleep(SOCKET_GUARD_INTERVAL_S)
+        try:
+            current = os.lstat(path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == inode:
+            continue
+        log.warning("socket_file_lost", path=str(path), action="rebinding")
+        await site.stop()
+        try:
+            site, inode = await _bind_unix(runner, path, mode)
+        except (OSError, SocketInUseError) as exc:
+            log.error("socket_rebind_failed", path=str(path), error=str(exc))
+            raise
+
+
 async def serve(
     app: web.Application,
     *,
@@ -49,36 +128,48 @@ async def serve(
     unix_path: Path | None = None,
     socket_mode: int = 0o660,
     shutdown_timeout: float = 10.0,
+    limits: Limits | None = None,
     ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT; in-flight requests get `shutdown_timeout` seconds to finish."""
-    stop = asyncio.Event()
+    """Serve until SIGTERM/SIGINT (or `stop` is set, when given, e.g. by a test); in-flight
+    requests get `shutdown_timeout` seconds to finish."""
+    limits = limits or Limits()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    signals = (signal.SIGTERM, signal.SIGINT) if stop is None else ()
+    stop = stop or asyncio.Event()
+    for sig in signals:
         loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, access_log=None)
+    runner = web.AppRunner(
+        app,
+        shutdown_timeout=shutdown_timeout,
+        access_log=None,
+        keepalive_timeout=limits.keepalive_timeout,
+        max_line_size=limits.max_line_size,
+        max_field_size=limits.max_field_size,
+        max_headers=limits.max_headers,
+    )
     await runner.setup()
+    assert runner.server is not None
+    _limit_connections(runner.server, limits.max_connections)
+    guard: asyncio.Task[None] | None = None
     try:
-        site: web.BaseSite
         if unix_path is not None:
-            prepare_socket_path(unix_path)
-            old_umask = os.umask(0o777 & ~socket_mode)
-            try:
-                site = web.UnixSite(runner, str(unix_path))
-                await site.start()
-            finally:
-                os.umask(old_umask)
-            os.chmod(unix_path, socket_mode)
+            site, inode = await _bind_unix(runner, unix_path, socket_mode)
+            guard = asyncio.create_task(_guard_socket(runner, site, inode, unix_path, socket_mode))
         else:
-            site = web.TCPSite(runner, host, port, reuse_address=True)
-            await site.start()
+            await web.TCPSite(runner, host, port, reuse_address=True).start()
         if ready is not None:
             ready.set()
         await stop.wait()
     finally:
+        if guard is not None:
+            guard.cancel()
+            with contextlib.suppress(asyncio.CancelledError, OSError, SocketInUseError):
+                await guard
         await runner.cleanup()
         if unix_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(unix_path)
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in signals:
             loop.remove_signal_handler(sig)

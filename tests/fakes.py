@@ -40,7 +40,8 @@ def short_socket_dir() -> Path:
 
 
 class FakeAgent:
-    """A guest agent whose behaviour a test sets: ok, stall, garbage, wrong_report_data, 500."""
+    """A guest agent whose behaviour a test sets: ok, stall, garbage, truncated, wrong_report_data,
+    400, 500, drop (connection closed mid-answer)."""
 
     def __init__(self) -> None:
         self.mode = "ok"
@@ -66,13 +67,26 @@ class FakeAgent:
                 await asyncio.sleep(3600)
             if self.delay:
                 await asyncio.sleep(self.delay)
+            if self.mode == "drop":
+                return await self._drop_mid_answer(request)
             return await self._answer(method, body)
         finally:
             self.active -= 1
 
+    async def _drop_mid_answer(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.content_length = 10_000
+        await response.prepare(request)
+        await response.write(b'{"quote": "0400')
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
     async def _answer(self, method: str, body: bytes) -> web.StreamResponse:
         if self.mode == "500":
             return web.Response(status=500, text="agent exploded: secret-internal-detail")
+        if self.mode == "400":
+            return web.json_response({"error": "secret-internal-detail"}, status=400)
         if self.mode == "garbage":
             return web.Response(body=b"{not json", content_type="application/json")
         if method == "Info":
@@ -86,8 +100,11 @@ class FakeAgent:
         quoted = report_data
         if self.mode == "wrong_report_data":
             quoted = bytes([report_data[0] ^ 1]) + report_data[1:]
+        quote = signed_quote(quoted)
+        if self.mode == "truncated":
+            quote = quote[:700]
         answer = {
-            "quote": signed_quote(quoted).hex(),
+            "quote": quote.hex(),
             "event_log": "[]",
             "report_data": report_data.hex(),
             "vm_config": "{}",

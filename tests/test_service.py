@@ -17,8 +17,9 @@ from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
 from oauth3.attestation import parse_quote
+from oauth3.envconfig import ConfigError
 from oauth3.service.app import create_app
-from oauth3.service.settings import ConfigError, ServiceSettings, parse_build_info
+from oauth3.service.settings import ServiceSettings, parse_build_info
 from oauth3.sidecar.app import create_app as create_sidecar
 from oauth3.sidecar.settings import SidecarSettings
 from tests.fakes import FakeAgent, problem, serve_unix, short_socket_dir
@@ -323,6 +324,11 @@ def test_settings_validation() -> None:
     )
     assert settings.port == 9000
     assert settings.build_info == {"git_commit": "abc"}
+    limited = ServiceSettings.from_env(
+        {"OAUTH3_MAX_CONNECTIONS": "50", "OAUTH3_KEEPALIVE_TIMEOUT": "2.5"}
+    )
+    assert limited.limits.max_connections == 50
+    assert limited.limits.keepalive_timeout == 2.5
     assert parse_build_info("null") is None
     for env, message in [
         ({"OAUTH3_PORT": "http"}, "OAUTH3_PORT must be a number"),
@@ -331,6 +337,8 @@ def test_settings_validation() -> None:
         ({"OAUTH3_BUILD_INFO": '{"x": 1.5}'}, "float"),
         ({"OAUTH3_CACHE_MAX_AGE": "1", "OAUTH3_CACHE_REFRESH_INTERVAL": "5"}, "at least"),
         ({"OAUTH3_QUOTE_TIMEOUT": "nan"}, "between"),
+        ({"OAUTH3_MAX_CONNECTIONS": "1.5"}, "whole number"),
+        ({"OAUTH3_KEEPALIVE_TIMEOUT": "0"}, "OAUTH3_KEEPALIVE_TIMEOUT must be between"),
     ]:
         with pytest.raises(ConfigError, match=message):
             ServiceSettings.from_env(env)

@@ -7,11 +7,12 @@ import asyncio
 import structlog
 
 from oauth3.cli import OneLineParser, fail
+from oauth3.envconfig import ConfigError
 from oauth3.logs import configure_logging
 from oauth3.serve import serve
 
 from .app import create_app
-from .settings import ConfigError, ServiceSettings
+from .settings import ServiceSettings
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
                 host=settings.host,
                 port=settings.port,
                 shutdown_timeout=settings.shutdown_timeout,
+                limits=settings.limits,
             )
         )
     except OSError as exc:

@@ -148,7 +148,9 @@ def create_app(settings: ServiceSettings, *, app_version: str | None = None) -> 
     metrics = ServiceMetrics()
     app = web.Application(
         client_max_size=1024,
-        middlewares=[request_middleware("service", observe=metrics.observe_request)],
+        middlewares=[
+            request_middleware("service", observe=metrics.observe_request, refuse_get_bodies=True)
+        ],
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics

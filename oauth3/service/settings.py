@@ -2,35 +2,18 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from oauth3.logs import valid_level
+from oauth3.envconfig import ConfigError, integer, limits, log_level, number
+from oauth3.serve import Limits
 
 DEFAULT_METRICS_PORT = 9464
-
-
-class ConfigError(ValueError):
-    """An OAUTH3_* variable holds an invalid value; the message names it."""
-
-
-def _number(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if math.isnan(value) or not low <= value <= high:
-        raise ConfigError(f"{name} must be between {low:g} and {high:g}, got {raw!r}")
-    return value
 
 
 def _check_json_value(value: Any, where: str) -> None:
@@ -77,17 +60,14 @@ class ServiceSettings:
     log_level: str = "info"
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0  # off unless asked for; from_env defaults to DEFAULT_METRICS_PORT
+    limits: Limits = field(default_factory=Limits)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
         """Read OAUTH3_* variables; ConfigError names the first invalid one."""
         env = os.environ if env is None else env
-        try:
-            log_level = valid_level(env.get("OAUTH3_LOG_LEVEL", "info"))
-        except ValueError as exc:
-            raise ConfigError(f"OAUTH3_LOG_LEVEL: {exc}") from None
-        refresh = _number(env, "OAUTH3_CACHE_REFRESH_INTERVAL", 60.0, 0.05, 86_400)
-        max_age = _number(env, "OAUTH3_CACHE_MAX_AGE", 300.0, 0.05, 7 * 86_400)
+        refresh = number(env, "OAUTH3_CACHE_REFRESH_INTERVAL", 60.0, 0.05, 86_400)
+        max_age = number(env, "OAUTH3_CACHE_MAX_AGE", 300.0, 0.05, 7 * 86_400)
         if max_age < refresh:
             raise ConfigError(
                 "OAUTH3_CACHE_MAX_AGE must be at least OAUTH3_CACHE_REFRESH_INTERVAL "
@@ -95,16 +75,17 @@ class ServiceSettings:
             )
         return cls(
             host=env.get("OAUTH3_HOST", "127.0.0.1"),
-            port=int(_number(env, "OAUTH3_PORT", 8080, 0, 65535)),
+            port=integer(env, "OAUTH3_PORT", 8080, 0, 65535),
             sidecar_socket=Path(env.get("OAUTH3_SIDECAR_SOCKET", "/var/run/oauth3/sidecar.sock")),
-            quote_timeout=_number(env, "OAUTH3_QUOTE_TIMEOUT", 15.0, 0.01, 600),
-            ready_timeout=_number(env, "OAUTH3_READY_TIMEOUT", 2.0, 0.01, 60),
+            quote_timeout=number(env, "OAUTH3_QUOTE_TIMEOUT", 15.0, 0.01, 600),
+            ready_timeout=number(env, "OAUTH3_READY_TIMEOUT", 2.0, 0.01, 60),
             cache_refresh_interval=refresh,
             cache_max_age=max_age,
-            retry_after=int(_number(env, "OAUTH3_RETRY_AFTER", 1, 1, 3600)),
-            shutdown_timeout=_number(env, "OAUTH3_SHUTDOWN_TIMEOUT", 10.0, 0, 600),
+            retry_after=integer(env, "OAUTH3_RETRY_AFTER", 1, 1, 3600),
+            shutdown_timeout=number(env, "OAUTH3_SHUTDOWN_TIMEOUT", 10.0, 0, 600),
             build_info=parse_build_info(env.get("OAUTH3_BUILD_INFO")),
-            log_level=log_level,
+            log_level=log_level(env),
+            limits=limits(env, "OAUTH3_"),
             metrics_host=env.get("OAUTH3_METRICS_HOST", "127.0.0.1"),
-            metrics_port=int(_number(env, "OAUTH3_METRICS_PORT", DEFAULT_METRICS_PORT, 0, 65535)),
+            metrics_port=integer(env, "OAUTH3_METRICS_PORT", DEFAULT_METRICS_PORT, 0, 65535),
         )

@@ -8,11 +8,12 @@ import socket
 import structlog
 
 from oauth3.cli import OneLineParser, fail
+from oauth3.envconfig import ConfigError
 from oauth3.logs import configure_logging
 from oauth3.serve import SocketInUseError, serve
 
 from .app import create_app
-from .settings import ConfigError, SidecarSettings
+from .settings import SidecarSettings
 
 
 def healthcheck(settings: SidecarSettings, timeout: float = 3.0) -> bool:
@@ -47,7 +48,12 @@ def main(argv: list[str] | None = None) -> None:
     log.info("starting", socket=str(settings.socket), agent_socket=str(settings.agent_socket))
     try:
         asyncio.run(
-            serve(create_app(settings), unix_path=settings.socket, socket_mode=settings.socket_mode)
+            serve(
+                create_app(settings),
+                unix_path=settings.socket,
+                socket_mode=settings.socket_mode,
+                limits=settings.limits,
+            )
         )
     except SocketInUseError as exc:
         fail(f"oauth3-sidecar: {exc}", 1)
