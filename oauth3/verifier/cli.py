@@ -1,12 +1,15 @@
-"""`oauth3-verify`: check an oauth3 service (or a saved bundle, or any dstack quote), fail-closed.
+"""`oauth3-verify`: check an oauth3 service, a saved bundle, any dstack quote, or a custom
+domain's TLS evidences, fail-closed.
 
-Exit codes: 0 verified (also SIMULATED with --allow-simulated, and PARTIAL with --skip-dcap);
-10 quote, 11 hardware, 12 tcb_policy, 13 info_binding, 14 nonce, 15 event_log, 16 compose,
-17 simulated (the first failing step decides); 2 usage, I/O and network errors.
+Exit codes: 0 verified (also SIMULATED with --allow-simulated, and PARTIAL with --skip-dcap or
+saved evidences); 10 quote, 11 hardware, 12 tcb_policy, 13 info_binding, 14 nonce, 15 event_log,
+16 compose, 17 simulated, 18 evidence_files, 19 evidence_binding, 20 tls_certificate (the first
+failing step decides); 2 usage, I/O and network errors.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import secrets
 import sys
@@ -19,7 +22,7 @@ import orjson
 from oauth3.attestation import AttestationError, load_evidence, parse_nonce
 from oauth3.cli import OneLineParser, fail
 
-from . import steps
+from . import evidences, steps
 from .bundle import Bundle, BundleError, load_bundle, parse_time, save_bundle
 from .collateral import DEFAULT_PCCS_URL, CollateralError, load_collateral
 from .fetch import (
@@ -41,9 +44,12 @@ MARKS = {
     Outcome.NOT_APPLICABLE: "-",
 }
 EPILOG = (
-    "exit codes: 0 verified (SIMULATED with --allow-simulated, PARTIAL with --skip-dcap); "
+    "exit codes: 0 verified (SIMULATED with --allow-simulated, PARTIAL with --skip-dcap "
+    "or --evidences-dir); "
     + ", ".join(f"{code} {name}" for name, code in steps.EXIT_CODES.items())
-    + "; 2 usage, I/O or network error"
+    + "; 2 usage, I/O or network error. --evidences: the files are fetched without checking the "
+    "web-PKI chain unless --tls-ca is given; they are authenticated by the quote, and "
+    "tls_certificate checks that the domain serves the quoted certificate."
 )
 
 
@@ -61,6 +67,25 @@ def _parser() -> OneLineParser:
         help="any dstack GetQuote/Tappd response, or a raw/hex quote (hardware + event log only)",
     )
     parser.add_argument("--event-log", metavar="FILE", help="event log for --dstack-quote")
+    parser.add_argument(
+        "--evidences",
+        metavar="URL",
+        help="a custom domain (https://DOMAIN) whose /evidences/ and TLS certificate to check",
+    )
+    parser.add_argument(
+        "--evidences-dir", metavar="DIR", help="saved /evidences/ files (no TLS handshake)"
+    )
+    parser.add_argument(
+        "--domain", help="domain of cert-<DOMAIN>.pem for --evidences-dir (default: the only one)"
+    )
+    parser.add_argument(
+        "--connect-to",
+        metavar="HOST:PORT",
+        help="for --evidences: connect here instead (SNI and Host stay the URL's domain)",
+    )
+    parser.add_argument(
+        "--tls-ca", metavar="FILE", help="for --evidences: check the TLS chain with this CA"
+    )
     parser.add_argument(
         "--nonce", default="auto", help="auto (fresh random, default), none, or 64 hex digits"
     )
@@ -133,9 +158,10 @@ def _time_arg(text: str | None, default: int) -> int:
         fail(f"{PROG}: error: --at {text!r} is neither RFC 3339 nor unix seconds")
 
 
-def _render(verdict: Verdict, subject: str) -> str:
+def _render(verdict: Verdict, subject: str, notes: list[str]) -> str:
     width = max(len(s.name) for s in verdict.steps)
     lines = [f"{PROG}: {subject}"]
+    lines += [f"  ! {note}" for note in notes]
     lines += [f"  {MARKS[s.outcome]} {s.name:<{width}}  {s.reason}" for s in verdict.steps]
     for label, value in (
         ("report_data", steps.hex_or_none(verdict.report_data)),
@@ -153,17 +179,23 @@ def _render(verdict: Verdict, subject: str) -> str:
             lines.append("SIMULATED: not Intel hardware; accepted because of --allow-simulated")
         if not verdict.hardware_checked:
             lines.append("PARTIAL: hardware not checked (--skip-dcap)")
+        if steps.EvidenceStep.TLS_CERTIFICATE in verdict.skipped:
+            lines.append("PARTIAL: the certificate the domain serves was not checked")
         if verdict.verdict == "VERIFIED":
             lines.append("VERIFIED")
     return "\n".join(lines) + "\n"
 
 
-def _report(verdict: Verdict, subject: str, as_json: bool, out: TextIO) -> int:
+def _report(
+    verdict: Verdict, subject: str, as_json: bool, out: TextIO, notes: list[str] | None = None
+) -> int:
     if as_json:
         doc = {"subject": subject, **verdict.as_json()}
+        if notes is not None:
+            doc["notes"] = notes
         out.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
-        out.write(_render(verdict, subject))
+        out.write(_render(verdict, subject, notes or []))
     return verdict.exit_code
 
 
@@ -177,9 +209,16 @@ async def _verify_quote_file(
 
 def _run(argv: list[str] | None, out: TextIO) -> int:
     args = _parser().parse_args(argv)
-    modes = [m for m in (args.url, args.bundle, args.dstack_quote) if m is not None]
+    modes = [
+        m
+        for m in (args.url, args.bundle, args.dstack_quote, args.evidences, args.evidences_dir)
+        if m is not None
+    ]
     if len(modes) != 1:
-        fail(f"{PROG}: error: give exactly one of URL, --bundle FILE, --dstack-quote FILE")
+        fail(
+            f"{PROG}: error: give exactly one of URL, --bundle FILE, --dstack-quote FILE, "
+            "--evidences URL, --evidences-dir DIR"
+        )
     if args.root_ca is not None and not args.allow_simulated:
         fail(f"{PROG}: error: --root-ca is only accepted with --allow-simulated")
     if args.url is None and (args.save_bundle is not None or args.nonce != "auto"):
@@ -188,6 +227,10 @@ def _run(argv: list[str] | None, out: TextIO) -> int:
         fail(f"{PROG}: error: --event-log applies to --dstack-quote only")
     if not args.timeout > 0:
         fail(f"{PROG}: error: --timeout must be positive")
+    if args.evidences is None and (args.connect_to is not None or args.tls_ca is not None):
+        fail(f"{PROG}: error: --connect-to and --tls-ca apply to --evidences only")
+    if args.domain is not None and args.evidences_dir is None:
+        fail(f"{PROG}: error: --domain applies to --evidences-dir only")
 
     collateral = load_collateral(read_input(args.collateral)) if args.collateral else None
     source = CollateralSource(
@@ -207,6 +250,8 @@ def _run(argv: list[str] | None, out: TextIO) -> int:
         skip_dcap=args.skip_dcap,
     )
 
+    if args.evidences is not None or args.evidences_dir is not None:
+        return _run_evidences(args, policy, source, out)
     if args.url is not None:
         nonce = _nonce_arg(args.nonce)
         verdict, fetched = asyncio.run(
@@ -229,6 +274,28 @@ def _run(argv: list[str] | None, out: TextIO) -> int:
     return _report(verdict, f"{loaded.kind} {args.dstack_quote}", args.json, out)
 
 
+def _run_evidences(
+    args: argparse.Namespace, policy: Policy, source: CollateralSource, out: TextIO
+) -> int:
+    if args.evidences is not None:
+        connect_to = evidences.parse_connect_to(args.connect_to) if args.connect_to else None
+        if args.tls_ca is not None and not Path(args.tls_ca).is_file():
+            fail(f"{PROG}: cannot read {args.tls_ca}: no such file")
+        fetching = evidences.fetch_evidences(
+            args.evidences,
+            connect_to=connect_to,
+            ca_file=args.tls_ca,
+            request_timeout=args.timeout,
+        )
+        found = asyncio.run(fetching)
+    else:
+        found = evidences.read_evidences_dir(Path(args.evidences_dir), args.domain)
+    checking = evidences.verify_evidences(found, policy, source, request_timeout=args.timeout)
+    verdict = asyncio.run(checking)
+    subject = f"evidences {found.source} for {found.domain}"
+    return _report(verdict, subject, args.json, out, evidences.notes(found))
+
+
 def run(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     """Run the command and return its exit code (usage, I/O and network errors: 2, one line)."""
     stream = out if out is not None else sys.stdout
@@ -236,7 +303,13 @@ def run(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         return _run(argv, stream)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else steps.EXIT_USAGE
-    except (BundleError, CollateralError, FetchError, AttestationError) as exc:
+    except (
+        BundleError,
+        CollateralError,
+        FetchError,
+        AttestationError,
+        evidences.EvidencesError,
+    ) as exc:
         sys.stderr.write(f"{PROG}: {exc}\n")
     except OSError as exc:
         sys.stderr.write(f"{PROG}: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": ") + "\n")

@@ -56,9 +56,20 @@ class Step(StrEnum):
     COMPOSE = "compose"
 
 
+class EvidenceStep(StrEnum):
+    """Steps of a custom domain's TLS evidences (--evidences), run after the quote's steps."""
+
+    EVIDENCE_FILES = "evidence_files"
+    EVIDENCE_BINDING = "evidence_binding"
+    TLS_CERTIFICATE = "tls_certificate"
+
+
+StepName = Step | EvidenceStep
+
+
 EXIT_VERIFIED = 0
 EXIT_USAGE = 2
-EXIT_CODES: Mapping[Step, int] = {
+EXIT_CODES: Mapping[StepName, int] = {
     Step.QUOTE: 10,
     Step.HARDWARE: 11,
     Step.TCB_POLICY: 12,
@@ -67,6 +78,9 @@ EXIT_CODES: Mapping[Step, int] = {
     Step.EVENT_LOG: 15,
     Step.COMPOSE: 16,
     Step.SIMULATED: 17,
+    EvidenceStep.EVIDENCE_FILES: 18,
+    EvidenceStep.EVIDENCE_BINDING: 19,
+    EvidenceStep.TLS_CERTIFICATE: 20,
 }
 
 
@@ -83,7 +97,7 @@ class Outcome(StrEnum):
 class StepResult:
     """One step's outcome, its one-line reason, and machine-readable details."""
 
-    name: Step
+    name: StepName
     outcome: Outcome
     reason: str
     details: dict[str, Any] = field(default_factory=dict)
@@ -159,13 +173,18 @@ class Verdict:
         return any(s.name is Step.HARDWARE and s.outcome is Outcome.PASS for s in self.steps)
 
     @property
+    def skipped(self) -> tuple[StepName, ...]:
+        """The steps left unchecked (--skip-dcap, or no TLS handshake for saved evidences)."""
+        return tuple(s.name for s in self.steps if s.outcome is Outcome.SKIPPED)
+
+    @property
     def verdict(self) -> str:
-        """FAILED, SIMULATED (allowed simulator quote), PARTIAL (hardware skipped) or VERIFIED."""
+        """FAILED, SIMULATED (allowed simulator quote), PARTIAL (a step skipped) or VERIFIED."""
         if self.first_failure is not None:
             return "FAILED"
         if self.simulated:
             return "SIMULATED"
-        if not self.hardware_checked:
+        if not self.hardware_checked or self.skipped:
             return "PARTIAL"
         return "VERIFIED"
 
