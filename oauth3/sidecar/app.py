@@ -75,6 +75,18 @@ def validate_quote_request(body: bytes) -> None:
         raise Problem(400, "report_data is longer than 64 bytes")
 
 
+async def _read_capped(answer: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body (ClientPayloadError if the agent hangs up early), or limit + 1 bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in answer.content.iter_chunked(1 << 16):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            break
+    return b"".join(chunks)
+
+
 async def _forward(request: web.Request, method: str, body: bytes, limit_s: float) -> web.Response:
     """POST `body` to the agent's `/method` and relay its answer unchanged."""
     headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request[REQUEST_ID]}
@@ -85,7 +97,7 @@ async def _forward(request: web.Request, method: str, body: bytes, limit_s: floa
             async with request.app[AGENT].post(
                 f"http://dstack/{method}", data=body, headers=headers
             ) as answer:
-                payload = await answer.content.read(MAX_AGENT_RESPONSE_BYTES + 1)
+                payload = await _read_capped(answer, MAX_AGENT_RESPONSE_BYTES)
                 status = answer.status
                 content_type = answer.headers.get("Content-Type", "application/json")
     except TimeoutError:
