@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from importlib import resources
 
 import structlog
 from aiohttp import web
@@ -23,6 +24,7 @@ SETTINGS = web.AppKey("settings", ServiceSettings)
 INFO = web.AppKey("info", InfoDocument)
 SIDECAR = web.AppKey("sidecar", SidecarClient)
 QUOTES = web.AppKey("quotes", QuoteProvider)
+OPENAPI = web.AppKey("openapi", bytes)
 METRICS = web.AppKey("metrics", ServiceMetrics)
 
 log = structlog.get_logger("service")
@@ -93,6 +95,11 @@ async def get_attestation(request: web.Request) -> web.Response:
         content_type="application/json",
         headers={"Cache-Control": cache_control},
     )
+
+
+async def get_openapi(request: web.Request) -> web.Response:
+    """GET /openapi.json: the API contract (OpenAPI 3.1), as checked in."""
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -166,4 +173,6 @@ def create_app(settings: ServiceSettings, *, app_version: str | None = None) -> 
     app.router.add_get("/attestation", get_attestation)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/openapi.json", get_openapi)
+    app[OPENAPI] = resources.files("oauth3.service").joinpath("openapi.json").read_bytes()
     return app

@@ -1,0 +1,65 @@
+"""Property tests of the sidecar's request validation: anything at all gets a 400 Problem or
+passes, and what passes is exactly what the agent would accept."""
+
+from __future__ import annotations
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from oauth3.problem import Problem
+from oauth3.sidecar.app import validate_quote_request
+
+
+def refusal(body: bytes) -> Problem | None:
+    """The Problem the sidecar answers with, or None when it would forward the request."""
+    try:
+        validate_quote_request(body)
+    except Problem as problem:
+        return problem
+    return None
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=40),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bytes_pass_or_get_400(body: bytes) -> None:
+    problem = refusal(body)
+    assert problem is None or problem.status == 400
+
+
+@settings(max_examples=400, deadline=None)
+@given(json_values)
+def test_random_json_pass_or_get_400(document: object) -> None:
+    problem = refusal(orjson.dumps(document))
+    if problem is not None:
+        assert problem.status == 400
+        return
+    # what passes is an object without report_data, or with hex of at most 64 bytes
+    assert isinstance(document, dict)
+    report_data = document.get("report_data", "")
+    assert isinstance(report_data, str)
+    assert len(bytes.fromhex(report_data.removeprefix("0x"))) <= 64
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=64), st.booleans(), st.booleans())
+def test_every_valid_report_data_passes(data: bytes, upper: bool, prefixed: bool) -> None:
+    text = data.hex().upper() if upper else data.hex()
+    validate_quote_request(orjson.dumps({"report_data": ("0x" if prefixed else "") + text}))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(min_size=65, max_size=200))
+def test_more_than_64_bytes_never_passes(data: bytes) -> None:
+    problem = refusal(orjson.dumps({"report_data": data.hex()}))
+    assert problem is not None
+    assert "longer than 64 bytes" in problem.detail
