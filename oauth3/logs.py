@@ -1,36 +1,92 @@
-"""Configure structlog once per process: orjson JSON lines off a TTY, a console renderer on one."""
+"""Configure structlog once per process: orjson JSON lines off a TTY, a console renderer on one;
+secrets are scrubbed from every event and tracebacks never carry local variables."""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import Iterable, Mapping, MutableMapping
+from typing import Any, BinaryIO
 
 import orjson
 import structlog
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|PRIVATE_?KEY|CREDENTIAL", re.I)
+REDACTED = "[redacted]"
+MIN_SECRET_LENGTH = 4
 
 
-def configure_logging(level: str = "info", *, json_lines: bool | None = None) -> None:
-    """Set up structlog for this process; tracebacks are rendered without local variables."""
+def secrets_from_env(env: Mapping[str, str]) -> list[str]:
+    """Values of environment variables whose names say they are secret (…_TOKEN, …_PASSWORD)."""
+    return [value for name, value in env.items() if SECRET_NAME.search(name) and value]
+
+
+class SecretRedactor:
+    """structlog processor: masks secret-named keys and every known secret value, at any depth."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        known = {s for s in secrets if len(s) >= MIN_SECRET_LENGTH}
+        self._secrets = sorted(known, key=len, reverse=True)
+
+    def __call__(
+        self, logger: Any, method: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        """Scrub one event in place and return it."""
+        for key, value in event_dict.items():
+            event_dict[key] = self._scrub(value, key)
+        return event_dict
+
+    def _scrub(self, value: Any, key: str | None = None) -> Any:
+        if key is not None and SECRET_NAME.search(key):
+            return REDACTED
+        if isinstance(value, str):
+            for secret in self._secrets:
+                if secret in value:
+                    value = value.replace(secret, REDACTED)
+            return value
+        if isinstance(value, dict):
+            return {k: self._scrub(v, k if isinstance(k, str) else None) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._scrub(item) for item in value]
+        return value
+
+
+def configure_logging(
+    level: str = "info",
+    *,
+    json_lines: bool | None = None,
+    secrets: Iterable[str] = (),
+    stream: BinaryIO | None = None,
+) -> None:
+    """Set up structlog for this process (JSON lines to `stream`, default stderr)."""
     if json_lines is None:
-        json_lines = not sys.stderr.isatty()
+        json_lines = stream is not None or not sys.stderr.isatty()
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    redactor = SecretRedactor(secrets)
+    factory: structlog.types.WrappedLogger
     if json_lines:
         processors: list[structlog.types.Processor] = [
             *shared,
             structlog.processors.ExceptionRenderer(
                 structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
             ),
+            redactor,
             structlog.processors.JSONRenderer(serializer=orjson.dumps),
         ]
-        factory: structlog.types.WrappedLogger = structlog.BytesLoggerFactory(sys.stderr.buffer)
+        factory = structlog.BytesLoggerFactory(stream or sys.stderr.buffer)
     else:
-        processors = [*shared, structlog.dev.ConsoleRenderer()]
+        processors = [
+            *shared,
+            structlog.processors.format_exc_info,
+            redactor,
+            structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback),
+        ]
         factory = structlog.PrintLoggerFactory(sys.stderr)
     structlog.configure(
         processors=processors,

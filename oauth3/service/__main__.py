@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import structlog
 
 from oauth3.cli import OneLineParser, fail
 from oauth3.envconfig import ConfigError
-from oauth3.logs import configure_logging
+from oauth3.logs import configure_logging, secrets_from_env
 from oauth3.serve import serve
 
 from .app import create_app
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = ServiceSettings.from_env()
     except ConfigError as exc:
         fail(f"oauth3-service: {exc}")
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, secrets=secrets_from_env(os.environ))
     log = structlog.get_logger("service")
     app = create_app(settings)
     log.info(

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 
 import structlog
 
 from oauth3.cli import OneLineParser, fail
 from oauth3.envconfig import ConfigError
-from oauth3.logs import configure_logging
+from oauth3.logs import configure_logging, secrets_from_env
 from oauth3.serve import SocketInUseError, serve
 
 from .app import create_app
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"oauth3-sidecar: {exc}")
     if args.command == "healthcheck":
         raise SystemExit(0 if healthcheck(settings) else 1)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, secrets=secrets_from_env(os.environ))
     log = structlog.get_logger("sidecar")
     log.info("starting", socket=str(settings.socket), agent_socket=str(settings.agent_socket))
     try:

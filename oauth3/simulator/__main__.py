@@ -11,7 +11,7 @@ import structlog
 from aiohttp import web
 
 from oauth3.cli import OneLineParser, fail
-from oauth3.logs import configure_logging
+from oauth3.logs import configure_logging, secrets_from_env
 from oauth3.serve import SocketInUseError, prepare_socket_path, serve
 
 from .app import CVM, DCAP, create_app
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         prepare_socket_path(settings.socket)
     except SocketInUseError as exc:
         fail(f"{PROG}: {exc}", 1)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, secrets=secrets_from_env(os.environ))
     log = structlog.get_logger("simulator")
     dcap = app[DCAP]
     if settings.dcap_dir is not None:
