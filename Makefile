@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint typecheck pytest run e2e bench up down clean
+.PHONY: venv test lint typecheck pytest run load e2e bench up down clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ test: lint typecheck pytest
 
 run: $(STAMP)
 	$(BIN)/oauth3-run
+
+load: $(STAMP)
+	$(BIN)/pytest -m load -s
 
 e2e: $(STAMP)
 	$(BIN)/pytest -m e2e
