@@ -38,7 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 up:
-	cd deploy && docker-compose up --build
+	cd deploy && OAUTH3_GIT_COMMIT=$$(git rev-parse HEAD) docker-compose up --build
 
 down:
 	cd deploy && docker-compose down -v

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ from types import FrameType
 from typing import IO
 
 from oauth3.cli import OneLineParser, fail
+from oauth3.phala import ManifestError, render
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
@@ -47,6 +49,11 @@ class StackPaths:
     def sidecar_socket(self) -> Path:
         """The sidecar's own socket, the only one the service talks to."""
         return self.run_dir / "sidecar.sock"
+
+    @property
+    def app_compose(self) -> Path:
+        """The rendered production manifest the simulator measures (when one was given)."""
+        return self.run_dir / "app-compose.json"
 
     @property
     def dcap_dir(self) -> Path:
@@ -109,11 +116,30 @@ def stop_all(children: list[Child]) -> None:
         child.log_file.close()
 
 
+def render_manifest(manifest: Path, paths: StackPaths) -> str:
+    """Render the Phala manifest to the run directory; return its compose hash (hex)."""
+    try:
+        rendered = render(manifest.read_bytes())
+    except (OSError, ManifestError) as exc:
+        raise RuntimeError(f"cannot render {manifest}: {exc}") from None
+    paths.app_compose.write_bytes(rendered.app_compose)
+    return rendered.compose_hash.hex()
+
+
 def start_stack(
-    paths: StackPaths, host: str, port: int, env: dict[str, str], pccs_port: int = 0
+    paths: StackPaths,
+    host: str,
+    port: int,
+    env: dict[str, str],
+    *,
+    pccs_port: int = 0,
+    manifest: Path | None = None,
 ) -> list[Child]:
-    """Start the three roles in order and wait until each is ready; raise RuntimeError if not."""
+    """Start the three roles in order and wait until each is ready; raise RuntimeError if not.
+    With `manifest`, the simulator measures its rendering, as a CVM measures the deployed one."""
     paths.run_dir.mkdir(parents=True, exist_ok=True)
+    if manifest is not None:
+        render_manifest(manifest, paths)
     env = {
         **env,
         "OAUTH3_SIDECAR_SOCKET": str(paths.sidecar_socket),
@@ -125,6 +151,8 @@ def start_stack(
     try:
         simulator_args = ["oauth3.simulator", "--socket", str(paths.agent_socket)]
         simulator_args += ["--dcap-dir", str(paths.dcap_dir), "--pccs-port", str(pccs_port)]
+        if manifest is not None:
+            simulator_args += ["--app-compose", str(paths.app_compose)]
         children.append(_start("simulator", simulator_args, env, paths))
         _wait("the simulator socket", lambda: _socket_accepts(paths.agent_socket), children)
         children.append(_start("sidecar", ["oauth3.sidecar"], env, paths))
@@ -139,12 +167,17 @@ def start_stack(
 
 def _banner(paths: StackPaths, base: str, pccs_port: int, children: list[Child]) -> str:
     logs = ", ".join(str(c.log_path) for c in children)
+    expect = ""
+    if paths.app_compose.exists():
+        digest = hashlib.sha256(paths.app_compose.read_bytes()).hexdigest()
+        expect = f" \\\n      --expect-compose-hash {digest}"
     return (
         f"oauth3 is running (simulated TDX): {base}\n"
         f"  curl {base}/info\n"
         f'  curl "{base}/attestation?nonce=$(openssl rand -hex 32)"\n'
         f"  .venv/bin/oauth3-verify {base} --allow-simulated \\\n"
-        f"      --root-ca {paths.dcap_dir}/root-ca.der --pccs http://127.0.0.1:{pccs_port}\n"
+        f"      --root-ca {paths.dcap_dir}/root-ca.der --pccs http://127.0.0.1:{pccs_port}"
+        f"{expect}\n"
         f"mock Intel PCCS: http://127.0.0.1:{pccs_port} (same collateral in {paths.dcap_dir})\n"
         f"logs: {logs}\n"
         "Ctrl-C stops all three.\n"
@@ -152,7 +185,8 @@ def _banner(paths: StackPaths, base: str, pccs_port: int, children: list[Child])
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of `oauth3-run`: OAUTH3_RUN_DIR (./run), OAUTH3_PORT (8080), OAUTH3_PCCS_PORT."""
+    """Entry point of `oauth3-run`: OAUTH3_RUN_DIR (./run), OAUTH3_PORT (8080), OAUTH3_PCCS_PORT,
+    OAUTH3_MANIFEST (deploy/phala-app.yaml, rendered for the simulator when it exists)."""
     OneLineParser(
         prog="oauth3-run",
         description="Run simulator, sidecar and service locally, wired by unix sockets.",
@@ -174,7 +208,15 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        children = start_stack(paths, host, port, env, pccs_port)
+        manifest = Path(env.get("OAUTH3_MANIFEST", "deploy/phala-app.yaml"))
+        children = start_stack(
+            paths,
+            host,
+            port,
+            env,
+            pccs_port=pccs_port,
+            manifest=manifest if manifest.is_file() else None,
+        )
     except RuntimeError as exc:
         fail(f"oauth3-run: {exc}", 1)
     sys.stdout.write(_banner(paths, f"http://{host}:{port}", pccs_port, children))

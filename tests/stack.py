@@ -7,9 +7,12 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from oauth3.devstack import Child, StackPaths, start_stack, stop_all
 from tests.fakes import short_socket_dir
+
+MANIFEST = Path(__file__).resolve().parent.parent / "deploy" / "phala-app.yaml"
 
 
 def free_port() -> int:
@@ -39,7 +42,9 @@ def running_stack(**env: str) -> Iterator[RunningStack]:
     """Start the three processes (extra environment from `env`) and stop them afterwards."""
     paths = StackPaths(short_socket_dir())
     port, pccs_port = free_port(), free_port()
-    children = start_stack(paths, "127.0.0.1", port, {**os.environ, **env}, pccs_port)
+    children = start_stack(
+        paths, "127.0.0.1", port, {**os.environ, **env}, pccs_port=pccs_port, manifest=MANIFEST
+    )
     try:
         yield RunningStack(
             f"http://127.0.0.1:{port}", f"http://127.0.0.1:{pccs_port}", paths, children

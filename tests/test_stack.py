@@ -19,8 +19,9 @@ import pytest
 from dstack_sdk import AsyncDstackClient
 
 from oauth3.attestation import parse_quote
+from oauth3.phala import render
 from tests.fakes import short_socket_dir
-from tests.stack import RunningStack, free_port, running_stack
+from tests.stack import MANIFEST, RunningStack, free_port, running_stack
 
 NONCE = "c0ffee" + "11" * 29
 
@@ -120,6 +121,7 @@ def test_make_run_command_end_to_end() -> None:
         "OAUTH3_RUN_DIR": str(run_dir),
         "OAUTH3_PORT": str(port),
         "OAUTH3_PCCS_PORT": str(free_port()),
+        "OAUTH3_MANIFEST": str(MANIFEST),
     }
     with subprocess.Popen(
         [sys.executable, "-m", "oauth3.devstack"],
@@ -140,6 +142,11 @@ def check_running_stack(process: subprocess.Popen[bytes], port: int, run_dir: Pa
     assert process.stderr is not None
     banner = process.stdout.readline().decode()
     assert f"http://127.0.0.1:{port}" in banner, banner + process.stderr.read().decode()
+    while "Ctrl-C" not in banner:
+        banner += process.stdout.readline().decode()
+    rendered = render(MANIFEST.read_bytes())
+    assert f"--expect-compose-hash {rendered.compose_hash.hex()}" in banner
+    assert (run_dir / "app-compose.json").read_bytes() == rendered.app_compose
     info = subprocess.run(
         ["curl", "-sf", f"http://127.0.0.1:{port}/info"], capture_output=True, check=True
     ).stdout

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import io
 import subprocess
 import sys
@@ -18,9 +17,9 @@ import orjson
 import pytest
 from aiohttp import web
 
-from oauth3.simulator.settings import default_app_compose
+from oauth3.phala import render
 from oauth3.verifier.cli import run
-from tests.stack import RunningStack, free_port, running_stack
+from tests.stack import MANIFEST, RunningStack, free_port, running_stack
 
 SIMULATED = ["--allow-simulated"]
 
@@ -29,6 +28,11 @@ SIMULATED = ["--allow-simulated"]
 def stack() -> Iterator[RunningStack]:
     with running_stack() as started:
         yield started
+
+
+def rendered_compose_hash() -> str:
+    """What `oauth3-phala render deploy/phala-app.yaml` prints: the stack measures that."""
+    return render(MANIFEST.read_bytes()).compose_hash.hex()
 
 
 def mock_root(stack: RunningStack) -> list[str]:
@@ -57,7 +61,7 @@ async def test_full_check_with_mock_root_over_the_simulators_pccs(stack: Running
     assert report["verdict"] == "SIMULATED"
     assert all(s["ok"] for s in report["steps"]), report["steps"]
     assert report["tcb_status"] == "UpToDate"
-    assert report["compose_hash"] == hashlib.sha256(default_app_compose()).hexdigest()
+    assert report["compose_hash"] == rendered_compose_hash()
 
 
 def test_console_script_as_a_user_runs_it(stack: RunningStack) -> None:
@@ -79,7 +83,7 @@ async def test_without_mock_root_hardware_fails(stack: RunningStack) -> None:
 
 
 async def test_expected_compose_hash(stack: RunningStack) -> None:
-    good = hashlib.sha256(default_app_compose()).hexdigest()
+    good = rendered_compose_hash()
     base = [stack.base_url, *SIMULATED, *mock_root(stack), *collateral(stack)]
     assert (await verify(*base, "--expect-compose-hash", good))[0] == 0
     code, report = await verify(*base, "--expect-compose-hash", "ab" * 32)
