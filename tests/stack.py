@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from oauth3.devstack import Child, StackPaths, start_stack, stop_all
 from tests.fakes import short_socket_dir
 
-MANIFEST = Path(__file__).resolve().parent.parent / "deploy" / "phala-app.yaml"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MANIFEST = REPO_ROOT / "deploy" / "phala-app.yaml"
 
 
 def free_port() -> int:
@@ -36,6 +43,18 @@ class RunningStack:
         """The process of one role."""
         return next(c for c in self.children if c.name == name)
 
+    def start_sidecar(self) -> None:
+        """Start a new sidecar process in place of the stopped or killed one."""
+        sidecar = self.child("sidecar")
+        env = {
+            **os.environ,
+            "OAUTH3_SIDECAR_SOCKET": str(self.paths.sidecar_socket),
+            "OAUTH3_SIDECAR_AGENT_SOCKET": str(self.paths.agent_socket),
+        }
+        sidecar.process = subprocess.Popen(
+            [sys.executable, "-m", "oauth3.sidecar"], env=env, stderr=sidecar.log_file
+        )
+
 
 @contextmanager
 def running_stack(**env: str) -> Iterator[RunningStack]:
@@ -51,3 +70,50 @@ def running_stack(**env: str) -> Iterator[RunningStack]:
         )
     finally:
         stop_all(children)
+
+
+SIMULATOR_START_TIMEOUT_S = 20.0
+
+
+def connectable(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+@contextmanager
+def simulator_process(
+    sock: Path, *args: str, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start `python -m oauth3.simulator`, wait until it serves, and always stop it."""
+    logs = sock.parent / f"{sock.name}.log"
+    with logs.open("wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "oauth3.simulator", "--socket", str(sock), *args],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env={**os.environ, **(env or {})},
+            cwd=REPO_ROOT,
+        )
+    try:
+        deadline = time.monotonic() + SIMULATOR_START_TIMEOUT_S
+        while not connectable(sock):
+            if process.poll() is not None:
+                pytest.fail(f"simulator exited early: {logs.read_text()}")
+            if time.monotonic() > deadline:
+                pytest.fail("simulator did not start listening")
+            time.sleep(0.05)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if process.stdout is not None:
+            process.stdout.close()

@@ -5,15 +5,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-import json
-import os
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -42,6 +37,8 @@ from oauth3.verifier.evidences import (
     parse_sha256sum,
 )
 from tests.fakes import short_socket_dir
+from tests.stack import simulator_process
+from tests.verifycli import step, verify, verify_text
 
 DOMAIN = "evidence.test"
 CERT_FILE = f"cert-{DOMAIN}.pem"
@@ -178,24 +175,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     sock_dir = short_socket_dir()
     sock = sock_dir / "dstack.sock"
     dcap = base / "dcap"
-    log = base / "simulator.log"
-    with log.open("wb") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "oauth3.simulator", "--socket", str(sock), "--dcap-dir", dcap],
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            cwd=REPO,
-            env={**os.environ, "OAUTH3_SIM_SEED": "evidences"},
-        )
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while not _connectable(sock):
-            if process.poll() is not None:
-                pytest.fail(f"simulator exited early: {log.read_text()}")
-            if time.monotonic() > deadline:
-                pytest.fail("simulator did not start listening")
-            time.sleep(0.05)
-
+    with simulator_process(sock, "--dcap-dir", str(dcap), env={"OAUTH3_SIM_SEED": "evidences"}):
         ca_key, leaf_key = new_key(), new_key()
         ca = issue("oauth3 evidences test CA", ca_key, ca=True)
         leaf = issue(DOMAIN, leaf_key, (ca, ca_key))
@@ -232,15 +212,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             quote_over_other_data=other_quote,
             wrong_name_files=wrong_files,
         )
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        shutil.rmtree(sock_dir, ignore_errors=True)
+    shutil.rmtree(sock_dir, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- the HTTPS evidence server
@@ -292,23 +264,6 @@ async def https_evidences(
         yield served
     finally:
         await runner.cleanup()
-
-
-async def verify(args: list[str]) -> tuple[int, dict[str, Any]]:
-    out = io.StringIO()
-    code = await asyncio.to_thread(run, [*args, "--json"], out)
-    return code, json.loads(out.getvalue()) if out.getvalue() else {}
-
-
-async def verify_text(args: list[str]) -> tuple[int, str]:
-    out = io.StringIO()
-    code = await asyncio.to_thread(run, args, out)
-    return code, out.getvalue()
-
-
-def step(doc: dict[str, Any], name: str) -> dict[str, Any]:
-    found: dict[str, Any] = next(s for s in doc["steps"] if s["name"] == name)
-    return found
 
 
 def outcomes(doc: dict[str, Any]) -> dict[str, bool | None]:

@@ -107,18 +107,6 @@ def log_events(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.startswith(b"{")]
 
 
-def start_sidecar(stack: RunningStack) -> None:
-    sidecar = stack.child("sidecar")
-    env = {
-        **os.environ,
-        "OAUTH3_SIDECAR_SOCKET": str(stack.paths.sidecar_socket),
-        "OAUTH3_SIDECAR_AGENT_SOCKET": str(stack.paths.agent_socket),
-    }
-    sidecar.process = subprocess.Popen(
-        [sys.executable, "-m", "oauth3.sidecar"], env=env, stderr=sidecar.log_file
-    )
-
-
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as s:
@@ -135,7 +123,7 @@ async def test_sidecar_killed_leaves_a_stale_socket_and_restarts_cleanly(
     assert await status_of(session, url) == 503
     assert await status_of(session, f"{stack.base_url}/info") == 200
     assert await status_of(session, f"{stack.base_url}/readyz") == 503
-    await asyncio.to_thread(start_sidecar, stack)  # replaces the stale file
+    await asyncio.to_thread(stack.start_sidecar)  # replaces the stale file
     assert await wait_for_status(session, url, 200) == 200
     events = log_events(stack.child("service").log_path)
     assert any(e["event"] == "agent_error" and e.get("status") == 503 for e in events)

@@ -37,6 +37,7 @@ from oauth3.attestation import (
 from oauth3.simulator.app import DCAP, QUOTER, create_app
 from oauth3.simulator.settings import SimulatorSettings, default_app_compose
 from oauth3.simulator.wire import RpcError, decode_hex, rust_debug
+from tests.stack import simulator_process
 
 REPO = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -362,50 +363,6 @@ def test_fault_mix_follows_the_rates_and_replays_with_the_seed(sock_dir: Path) -
 
 
 # ---------------------------------------------------------------- the real process
-
-
-def _connectable(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(str(path))
-        except OSError:
-            return False
-    return True
-
-
-@contextlib.contextmanager
-def simulator_process(
-    sock: Path, *args: str, env: dict[str, str] | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    """Start `python -m oauth3.simulator`, wait until it serves, and always stop it."""
-    logs = sock.parent / f"{sock.name}.log"
-    with logs.open("wb") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "oauth3.simulator", "--socket", str(sock), *args],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            env={**os.environ, **(env or {})},
-            cwd=REPO,
-        )
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while not _connectable(sock):
-            if process.poll() is not None:
-                pytest.fail(f"simulator exited early: {logs.read_text()}")
-            if time.monotonic() > deadline:
-                pytest.fail("simulator did not start listening")
-            time.sleep(0.05)
-        yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -73,18 +73,6 @@ async def test_official_sdk_through_the_sidecar(stack: RunningStack) -> None:
             assert info_error.value.response.status_code == 403
 
 
-def restart_sidecar(stack: RunningStack) -> None:
-    sidecar = stack.child("sidecar")
-    env = {
-        **os.environ,
-        "OAUTH3_SIDECAR_SOCKET": str(stack.paths.sidecar_socket),
-        "OAUTH3_SIDECAR_AGENT_SOCKET": str(stack.paths.agent_socket),
-    }
-    sidecar.process = subprocess.Popen(
-        [sys.executable, "-m", "oauth3.sidecar"], env=env, stderr=sidecar.log_file
-    )
-
-
 async def test_sidecar_process_restart_recovers(stack: RunningStack) -> None:
     sidecar = stack.child("sidecar")
     sidecar.process.send_signal(signal.SIGTERM)
@@ -93,7 +81,7 @@ async def test_sidecar_process_restart_recovers(stack: RunningStack) -> None:
     status, _ = await fetch(f"{stack.base_url}/attestation?nonce={NONCE}")
     assert status == 503
     assert (await fetch(f"{stack.base_url}/info"))[0] == 200
-    await asyncio.to_thread(restart_sidecar, stack)
+    await asyncio.to_thread(stack.start_sidecar)
     for _ in range(100):
         status, _ = await fetch(f"{stack.base_url}/attestation?nonce={NONCE}")
         if status == 200:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import io
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import orjson
@@ -18,8 +15,8 @@ import pytest
 from aiohttp import web
 
 from oauth3.phala import render
-from oauth3.verifier.cli import run
 from tests.stack import MANIFEST, RunningStack, free_port, running_stack
+from tests.verifycli import step, verify
 
 SIMULATED = ["--allow-simulated"]
 
@@ -43,19 +40,9 @@ def collateral(stack: RunningStack) -> list[str]:
     return ["--collateral", str(stack.paths.dcap_dir / "collateral.json")]
 
 
-async def verify(*argv: str) -> tuple[int, dict[str, Any]]:
-    out = io.StringIO()
-    code = await asyncio.to_thread(run, [*argv, "--json"], out)
-    return code, orjson.loads(out.getvalue()) if out.getvalue() else {}
-
-
-def step(report: dict[str, Any], name: str) -> dict[str, Any]:
-    return next(s for s in report["steps"] if s["name"] == name)
-
-
 async def test_full_check_with_mock_root_over_the_simulators_pccs(stack: RunningStack) -> None:
     code, report = await verify(
-        stack.base_url, *SIMULATED, *mock_root(stack), "--pccs", stack.pccs_url
+        [stack.base_url, *SIMULATED, *mock_root(stack), "--pccs", stack.pccs_url]
     )
     assert code == 0, report
     assert report["verdict"] == "SIMULATED"
@@ -77,7 +64,7 @@ def test_console_script_as_a_user_runs_it(stack: RunningStack) -> None:
 
 
 async def test_without_mock_root_hardware_fails(stack: RunningStack) -> None:
-    code, report = await verify(stack.base_url, *SIMULATED, *collateral(stack))
+    code, report = await verify([stack.base_url, *SIMULATED, *collateral(stack)])
     assert code == 11
     assert not step(report, "hardware")["ok"]
 
@@ -85,8 +72,8 @@ async def test_without_mock_root_hardware_fails(stack: RunningStack) -> None:
 async def test_expected_compose_hash(stack: RunningStack) -> None:
     good = rendered_compose_hash()
     base = [stack.base_url, *SIMULATED, *mock_root(stack), *collateral(stack)]
-    assert (await verify(*base, "--expect-compose-hash", good))[0] == 0
-    code, report = await verify(*base, "--expect-compose-hash", "ab" * 32)
+    assert (await verify([*base, "--expect-compose-hash", good]))[0] == 0
+    code, report = await verify([*base, "--expect-compose-hash", "ab" * 32])
     assert code == 16
     assert not step(report, "compose")["ok"]
 
@@ -124,15 +111,15 @@ async def proxy(
 
 async def test_tampered_info_fails_binding(stack: RunningStack) -> None:
     async with proxy(stack.base_url, tamper_info=True) as url:
-        code, report = await verify(url, *SIMULATED, *mock_root(stack), *collateral(stack))
+        code, report = await verify([url, *SIMULATED, *mock_root(stack), *collateral(stack)])
     assert code == 13
     assert not step(report, "info_binding")["ok"]
 
 
 async def test_replayed_response_fails_nonce(stack: RunningStack) -> None:
     async with proxy(stack.base_url, replay=True) as url:
-        first = await verify(url, *SIMULATED, *mock_root(stack), *collateral(stack))
-        second = await verify(url, *SIMULATED, *mock_root(stack), *collateral(stack))
+        first = await verify([url, *SIMULATED, *mock_root(stack), *collateral(stack)])
+        second = await verify([url, *SIMULATED, *mock_root(stack), *collateral(stack)])
     assert first[0] == 0
     assert second[0] == 14
     assert not step(second[1], "nonce")["ok"]
@@ -143,15 +130,15 @@ async def test_saved_bundle_with_a_flipped_byte_fails_hardware(
 ) -> None:
     saved = tmp_path / "bundle.json"
     args = [*SIMULATED, *mock_root(stack), *collateral(stack)]
-    assert (await verify(stack.base_url, *args, "--save-bundle", str(saved)))[0] == 0
-    assert (await verify("--bundle", str(saved), *args))[0] == 0
+    assert (await verify([stack.base_url, *args, "--save-bundle", str(saved)]))[0] == 0
+    assert (await verify(["--bundle", str(saved), *args]))[0] == 0
     bundle = orjson.loads(saved.read_bytes())
     quote = bytearray(base64.b64decode(bundle["attestation"]["quote"]))
     quote[568 + 40] ^= 0x01  # inside report_data[32:64], the nonce half
     bundle["attestation"]["quote"] = base64.b64encode(bytes(quote)).decode()
     tampered = tmp_path / "tampered.json"
     tampered.write_bytes(orjson.dumps(bundle))
-    code, report = await verify("--bundle", str(tampered), *args)
+    code, report = await verify(["--bundle", str(tampered), *args])
     assert code == 11
     assert "signature" in step(report, "hardware")["reason"].lower()
 
@@ -183,9 +170,9 @@ async def test_tcb_policy_on_a_real_stack(
             *mock_root(policy_stack),
             *collateral(policy_stack),
         ]
-        code, report = await verify(*args)
+        code, report = await verify(args)
         assert code == default_code, report
-        code, report = await verify(*args, "--allow-tcb", allow)
+        code, report = await verify([*args, "--allow-tcb", allow])
         assert code == allowed_code, report
         if "OAUTH3_SIM_ADVISORY_IDS" in env:
             assert report["advisory_ids"] == ["INTEL-SA-00837"]
@@ -193,6 +180,6 @@ async def test_tcb_policy_on_a_real_stack(
 
 async def test_collateral_past_its_validity_fails(stack: RunningStack) -> None:
     args = [stack.base_url, *SIMULATED, *mock_root(stack), *collateral(stack)]
-    code, report = await verify(*args, "--at", "2099-01-01T00:00:00Z")
+    code, report = await verify([*args, "--at", "2099-01-01T00:00:00Z"])
     assert code == 11
     assert not step(report, "hardware")["ok"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import io
 import json
 import os
 import sys
@@ -32,7 +31,7 @@ from oauth3.attestation import (
 )
 from oauth3.simulator.mockdcap import MockDcap, MockDcapOptions, create_pccs_app
 from oauth3.simulator.quote import build_quote, td_report_body
-from oauth3.verifier.cli import run
+from tests.verifycli import step, verify, verify_text
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 INFO = orjson.dumps(
@@ -157,23 +156,6 @@ async def start_stack(aiohttp_server: ServerFactory, tmp_path: Path, service: Fa
 @pytest.fixture
 async def stack(aiohttp_server: ServerFactory, tmp_path: Path) -> Stack:
     return await start_stack(aiohttp_server, tmp_path, FakeService(mock_dcap()))
-
-
-async def verify(args: list[str]) -> tuple[int, dict[str, Any]]:
-    out = io.StringIO()
-    code = await asyncio.to_thread(run, [*args, "--json"], out)
-    return code, json.loads(out.getvalue()) if out.getvalue() else {}
-
-
-async def verify_text(args: list[str]) -> tuple[int, str]:
-    out = io.StringIO()
-    code = await asyncio.to_thread(run, args, out)
-    return code, out.getvalue()
-
-
-def step(doc: dict[str, Any], name: str) -> dict[str, Any]:
-    found: dict[str, Any] = next(s for s in doc["steps"] if s["name"] == name)
-    return found
 
 
 async def test_allowed_simulated_quote_is_simulated(stack: Stack) -> None:

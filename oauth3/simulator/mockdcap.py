@@ -9,7 +9,7 @@ import urllib.parse
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 from aiohttp import web
 from cryptography import x509
@@ -18,18 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.x509.oid import NameOID
 
+from oauth3.attestation.tcb import TCB_STATUSES, TcbStatus
 from oauth3.simulator.quote import QuoteSigner, raw_ecdsa_signature, sgx_report_body
-
-TcbStatus = Literal[
-    "UpToDate",
-    "SWHardeningNeeded",
-    "ConfigurationNeeded",
-    "ConfigurationAndSWHardeningNeeded",
-    "OutOfDate",
-    "OutOfDateConfigurationNeeded",
-    "Revoked",
-]
-TCB_STATUSES: tuple[str, ...] = get_args(TcbStatus)
 
 ROOT_CA_FILE = "root-ca.der"
 COLLATERAL_FILE = "collateral.json"

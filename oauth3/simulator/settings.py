@@ -11,9 +11,10 @@ from importlib import resources
 from pathlib import Path
 from typing import cast
 
+from oauth3.attestation.tcb import TCB_STATUSES, TcbStatus
 from oauth3.logs import valid_level
 
-from .mockdcap import TCB_STATUSES, MockDcapOptions, TcbStatus
+from .mockdcap import MockDcapOptions
 from .state import EVENT_LOG_FORMATS, EventLogFormat
 
 DEFAULT_SEED = "oauth3-simulator"

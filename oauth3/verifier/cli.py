@@ -20,6 +20,7 @@ from typing import TextIO
 import orjson
 
 from oauth3.attestation import AttestationError, load_evidence, parse_nonce
+from oauth3.attestation.tcb import TCB_STATUSES
 from oauth3.cli import OneLineParser, fail
 
 from . import evidences, steps
@@ -101,7 +102,7 @@ def _parser() -> OneLineParser:
         metavar="STATUS",
         action="append",
         default=[],
-        choices=steps.TCB_STATUSES,
+        choices=TCB_STATUSES,
         help="also accept this TCB status (repeatable; default only UpToDate)",
     )
     parser.add_argument("--expect-compose-hash", metavar="HEX")

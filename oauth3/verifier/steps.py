@@ -30,15 +30,6 @@ from .collateral import collateral_window
 INTEL_ROOT_CA_SHA256 = bytes.fromhex(
     "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3"
 )
-TCB_STATUSES = (
-    "UpToDate",
-    "SWHardeningNeeded",
-    "ConfigurationNeeded",
-    "ConfigurationAndSWHardeningNeeded",
-    "OutOfDate",
-    "OutOfDateConfigurationNeeded",
-    "Revoked",
-)
 DEFAULT_ALLOWED_TCB = frozenset({"UpToDate"})
 SIMULATOR_MARKERS = ("simulat",)
 
