@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,7 +24,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def request_id_for(request: web.Request) -> str:
     """The inbound X-Request-ID when well-formed, else a fresh random id."""
     inbound = request.headers.get(REQUEST_ID_HEADER, "")
-    return inbound if _WELL_FORMED_ID.fullmatch(inbound) else uuid.uuid4().hex
+    return inbound if _WELL_FORMED_ID.fullmatch(inbound) else os.urandom(16).hex()
 
 
 def note(request: web.Request, **fields: Any) -> None:
@@ -58,7 +58,8 @@ def request_middleware(
         request[REQUEST_ID] = request_id
         request[LOG_FIELDS] = {}
         started = time.perf_counter()
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
+        bound = structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:  # bind/reset rather than bound_contextvars(): measurably cheaper per request
             response: web.StreamResponse
             try:
                 if refuse_get_bodies and request.method in ("GET", "HEAD") and request.body_exists:
@@ -95,5 +96,7 @@ def request_middleware(
                 **request[LOG_FIELDS],
             )
             return response
+        finally:
+            structlog.contextvars.reset_contextvars(**bound)
 
     return middleware

@@ -1,0 +1,423 @@
+"""`make bench`: start the stack and its baselines, drive fixed loads, write BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from oauth3.devstack import Child, StackPaths, start_stack, stop_all
+
+from .loadgen import Samples, closed_loop, getter, percentile
+from .report import (
+    B3,
+    B4,
+    Comparison,
+    Memory,
+    Results,
+    machine_facts,
+    render,
+)
+from .wrk import LoadStats, ensure_wrk, run_wrk, wrk_version
+
+REPO = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+QUOTE_LATENCY_MS = 39
+RUNS = 3
+RUN_SECONDS = 5
+WARMUP_SECONDS = 2
+CONNECTIONS = 32
+LATENCY_PAIRS = 40
+NONCE_CONCURRENCY = 8
+OVERLOAD_CONCURRENCY = 128
+CLIENT_TIMEOUT_S = 10
+VERIFY_REPEATS = 30
+START_TIMEOUT_S = 30
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago."""
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def fetch(url: str) -> bytes:
+    """GET a loopback URL; raise unless 200."""
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback URL we built
+        body: bytes = response.read()
+        return body
+
+
+def wait_http(url: str, process: subprocess.Popen[bytes]) -> None:
+    """Wait until `url` answers, or fail if the process died or START_TIMEOUT_S passed."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
+        try:
+            fetch(url)
+        except OSError:
+            time.sleep(0.05)
+            continue
+        return
+    raise RuntimeError(f"timed out waiting for {url}")
+
+
+@contextmanager
+def started(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Run `python -m ARGS` for the block's duration; stop it by pid afterwards."""
+    with log.open("ab") as sink:
+        process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", *args], cwd=REPO, env=env, stdout=sink, stderr=sink
+        )
+        try:
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def step(message: str) -> None:
+    """One progress line on stderr."""
+    sys.stderr.write(f"bench: {message}\n")
+    sys.stderr.flush()
+
+
+class Driver:
+    """Runs fixed-duration loads with wrk (or the aiohttp fallback) and keeps every run."""
+
+    def __init__(self, wrk: str | None) -> None:
+        self.wrk = wrk
+
+    def load(self, url: str, seconds: int) -> LoadStats:
+        """One closed-loop run of CONNECTIONS connections against `url`."""
+        if self.wrk is not None:
+            return run_wrk(
+                self.wrk, url, connections=CONNECTIONS, seconds=seconds, timeout_s=CLIENT_TIMEOUT_S
+            )
+        samples = asyncio.run(_python_load(url, CONNECTIONS, seconds))
+        return LoadStats(
+            requests=len(samples.statuses),
+            seconds=samples.elapsed,
+            p50_ms=percentile(samples.latencies, 50) * 1000,
+            p99_ms=percentile(samples.latencies, 99) * 1000,
+            non_2xx=sum(1 for s in samples.statuses if not 200 <= s < 300),
+            timeouts=samples.timeouts,
+            errors=samples.errors,
+        )
+
+    def compare(self, name: str, targets: dict[str, str]) -> Comparison:
+        """Warm each target up, then RUNS rounds interleaving the targets."""
+        for url in targets.values():
+            self.load(url, WARMUP_SECONDS)
+        runs: dict[str, list[LoadStats]] = {label: [] for label in targets}
+        for round_no in range(RUNS):
+            for label, url in targets.items():
+                runs[label].append(self.load(url, RUN_SECONDS))
+            step(f"{name} round {round_no + 1}/{RUNS}: " + _rps_line(runs))
+        return Comparison(name, runs)
+
+
+def _rps_line(runs: dict[str, list[LoadStats]]) -> str:
+    return ", ".join(f"{label} {stats[-1].rps:,.0f}/s" for label, stats in runs.items())
+
+
+async def _python_load(url: str, concurrency: int, seconds: float) -> Samples:
+    timeout = aiohttp.ClientTimeout(total=CLIENT_TIMEOUT_S)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        return await closed_loop(
+            getter(session, lambda: url), concurrency=concurrency, duration=seconds
+        )
+
+
+def _nonce_url(base: str) -> Callable[[], str]:
+    return lambda: f"{base}/attestation?nonce={secrets.token_hex(32)}"
+
+
+async def _agent_session(agent_socket: Path) -> aiohttp.ClientSession:
+    timeout = aiohttp.ClientTimeout(total=CLIENT_TIMEOUT_S)
+    return aiohttp.ClientSession(
+        connector=aiohttp.UnixConnector(path=str(agent_socket)), timeout=timeout
+    )
+
+
+async def _direct_quote(agent: aiohttp.ClientSession, digest: bytes) -> int:
+    payload = {"report_data": (digest + secrets.token_bytes(32)).hex()}
+    async with agent.post("http://dstack/GetQuote", json=payload) as response:
+        await response.read()
+        return response.status
+
+
+async def bench_nonce_path(base: str, agent_socket: Path, digest: bytes) -> B3:
+    """B3: added latency over a direct agent call, throughput, and overload behaviour."""
+    result = B3(capacity=1000 / QUOTE_LATENCY_MS, overload_concurrency=OVERLOAD_CONCURRENCY)
+    timeout = aiohttp.ClientTimeout(total=CLIENT_TIMEOUT_S)
+    agent = await _agent_session(agent_socket)
+    connector = aiohttp.TCPConnector(limit=OVERLOAD_CONCURRENCY)
+    async with agent, aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        service = getter(session, _nonce_url(base))
+        for _ in range(5):  # warm-up: connections open, code paths hot
+            await _direct_quote(agent, digest)
+            await service()
+        for _ in range(RUNS):
+            direct_run: list[float] = []
+            service_run: list[float] = []
+            for _ in range(LATENCY_PAIRS):
+                began = time.perf_counter()
+                assert await _direct_quote(agent, digest) == 200
+                direct_run.append(time.perf_counter() - began)
+                began = time.perf_counter()
+                assert await service() == 200
+                service_run.append(time.perf_counter() - began)
+            result.direct_latency.append(direct_run)
+            result.service_latency.append(service_run)
+        step("B3 latency pairs done")
+        for _ in range(RUNS):
+            result.direct_throughput.append(
+                await closed_loop(
+                    lambda: _direct_quote(agent, digest),
+                    concurrency=NONCE_CONCURRENCY,
+                    duration=RUN_SECONDS,
+                )
+            )
+            result.service_throughput.append(
+                await closed_loop(service, concurrency=NONCE_CONCURRENCY, duration=RUN_SECONDS)
+            )
+        step("B3 throughput done")
+        for _ in range(RUNS):
+            result.overload.append(
+                await closed_loop(service, concurrency=OVERLOAD_CONCURRENCY, duration=RUN_SECONDS)
+            )
+            await asyncio.sleep(1)  # let the queue drain between runs
+        step("B3 overload done")
+    return result
+
+
+def bench_verifier(base: str, dcap: Path, run_dir: Path, env: dict[str, str]) -> B4:
+    """B4: `oauth3-verify --bundle` in-process (repeated) and as a process, plus bare start-up."""
+    from oauth3.verifier.cli import run  # noqa: PLC0415 - only B4 needs the verifier
+
+    bundle = run_dir / "bundle.json"
+    root = dcap / "root-ca.der"
+    fetch_args = [base, "--allow-simulated", "--root-ca", str(root)]
+    fetch_args += ["--collateral", str(dcap / "collateral.json"), "--save-bundle", str(bundle)]
+    saved = subprocess.run(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "oauth3.verifier.cli", *fetch_args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
+    if not bundle.exists():
+        return B4(error=f"could not save a bundle (exit {saved.returncode})")
+    args = ["--bundle", str(bundle), "--allow-simulated", "--root-ca", str(root), "--json"]
+    codes = set()
+    in_process = []
+    for repeat in range(VERIFY_REPEATS + 3):
+        began = time.perf_counter()
+        codes.add(run(args, io.StringIO()))
+        if repeat >= 3:
+            in_process.append(time.perf_counter() - began)
+    process = _wall_times([sys.executable, "-m", "oauth3.verifier.cli", *args], env)
+    imports = _wall_times([sys.executable, "-c", "import oauth3.verifier.cli"], env)
+    interpreter = _wall_times([sys.executable, "-c", "pass"], env)
+    return B4(
+        exit_codes=sorted(codes),
+        in_process=in_process,
+        process=process,
+        imports=imports,
+        interpreter=interpreter,
+    )
+
+
+def _wall_times(command: list[str], env: dict[str, str], repeats: int = 5) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        subprocess.run(command, cwd=REPO, env=env, capture_output=True, check=False, timeout=60)  # noqa: S603
+        times.append(time.perf_counter() - began)
+    return times
+
+
+def peak_memory(children: list[Child]) -> Memory:
+    """VmHWM (peak RSS) and VmRSS of the service and the sidecar, from /proc."""
+    memory = Memory()
+    for child in children:
+        if child.name not in ("service", "sidecar"):
+            continue
+        status = Path(f"/proc/{child.process.pid}/status").read_text()
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        memory.peak_kib[child.name] = int(fields["VmHWM"].split()[0])
+        memory.rss_kib[child.name] = int(fields["VmRSS"].split()[0])
+    return memory
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Counters worth reporting from the metrics listener, keyed `name{labels}`."""
+    wanted = (
+        "oauth3_quotes_total",
+        "oauth3_sidecar_queue_rejections_total",
+        "oauth3_sidecar_agent_errors_total",
+        "oauth3_nonce_rejections_total",
+        "oauth3_sidecar_metrics_up",
+    )
+    figures: dict[str, float] = {}
+    for family in text_string_to_metric_families(fetch(url).decode()):
+        for sample in family.samples:
+            if sample.name in wanted and sample.value:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                figures[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return figures
+
+
+def git_commit() -> str:
+    """The checked-out commit, marked dirty when tracked files differ."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],  # noqa: S607
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "diff", "--quiet", "HEAD", "--", "oauth3", "bench"],  # noqa: S607
+            cwd=REPO,
+            check=False,
+        ).returncode
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + (" (with uncommitted changes)" if dirty else "")
+
+
+def run_all(results: Results, driver: Driver, run_dir: Path) -> None:
+    """Start the stack and the baselines, then B1-B5 in order."""
+    paths = StackPaths(run_dir)
+    port, metrics_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "OAUTH3_SIM_QUOTE_LATENCY_MS": str(QUOTE_LATENCY_MS),
+        "OAUTH3_CACHE_REFRESH_INTERVAL": "3600",  # keep background refreshes out of the figures
+        "OAUTH3_CACHE_MAX_AGE": "7200",
+        "OAUTH3_METRICS_PORT": str(metrics_port),
+        "OAUTH3_LOG_LEVEL": "info",
+    }
+    step("starting simulator, sidecar and service")
+    children = start_stack(paths, HOST, port, env)
+    try:
+        base = f"http://{HOST}:{port}"
+        info, attestation = fetch(f"{base}/info"), fetch(f"{base}/attestation")
+        (run_dir / "info.json").write_bytes(info)
+        (run_dir / "attestation.json").write_bytes(attestation)
+        results.body_sizes = {"/info": len(info), "/attestation": len(attestation)}
+        bare_port, naive_port, quiet_port = free_port(), free_port(), free_port()
+        bare_args = ["bench.bare", str(bare_port), str(run_dir / "info.json")]
+        bare_args.append(str(run_dir / "attestation.json"))
+        naive_args = ["bench.naive", str(naive_port), str(paths.agent_socket)]
+        naive_args.append(str(run_dir / "info.json"))
+        quiet_env = {**env, "OAUTH3_PORT": str(quiet_port), "OAUTH3_METRICS_PORT": "0"}
+        quiet_env |= {"OAUTH3_LOG_LEVEL": "warning", "OAUTH3_HOST": HOST}
+        quiet_env["OAUTH3_SIDECAR_SOCKET"] = str(paths.sidecar_socket)
+        with (
+            started(bare_args, env, run_dir / "bare.log") as bare,
+            started(naive_args, env, run_dir / "naive.log"),
+            started(["oauth3.service"], quiet_env, run_dir / "quiet.log") as quiet,
+        ):
+            bare_base, naive_base = f"http://{HOST}:{bare_port}", f"http://{HOST}:{naive_port}"
+            quiet_base = f"http://{HOST}:{quiet_port}"
+            wait_http(f"{bare_base}/info", bare)
+            wait_http(f"{quiet_base}/readyz", quiet)
+            fetch(f"{quiet_base}/attestation")  # its cached quote exists before B2
+            if fetch(f"{bare_base}/info") != info:
+                raise RuntimeError("the bare baseline does not serve the same /info bytes")
+            step("B1 GET /info")
+            results.b1 = driver.compare(
+                "B1",
+                {
+                    "bare aiohttp": f"{bare_base}/info",
+                    "oauth3 service": f"{base}/info",
+                    "service, request log off": f"{quiet_base}/info",
+                },
+            )
+            step("B2 cached GET /attestation")
+            results.b2 = driver.compare(
+                "B2",
+                {
+                    "bare aiohttp": f"{bare_base}/attestation",
+                    "oauth3 service": f"{base}/attestation",
+                    "service, request log off": f"{quiet_base}/attestation",
+                    "naive (quote per request)": f"{naive_base}/attestation",
+                },
+            )
+        step("B3 nonce path")
+        digest = hashlib.sha256(info).digest()
+        results.b3 = asyncio.run(bench_nonce_path(base, paths.agent_socket, digest))
+        results.memory = peak_memory(children)
+        results.metrics = scrape(f"http://{HOST}:{metrics_port}/metrics")
+        step("B4 oauth3-verify --bundle")
+        results.b4 = bench_verifier(base, paths.dcap_dir, run_dir, env)
+    finally:
+        stop_all(children)
+
+
+def main() -> None:
+    """Entry point of `python -m bench` (`make bench`)."""
+    began = time.monotonic()
+    wrk, how = ensure_wrk()
+    results = Results(
+        machine=machine_facts(),
+        commit=git_commit(),
+        load_generator=(
+            f"{wrk_version(wrk)} ({how}), 1 thread" if wrk else f"aiohttp fallback ({how})"
+        ),
+    )
+    step(f"load generator: {results.load_generator}")
+    run_dir = Path(tempfile.mkdtemp(prefix="o3b", dir="/tmp"))
+    try:
+        run_all(results, Driver(wrk), run_dir)
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+        sys.stderr.write(f"bench: failed: {exc}; logs in {run_dir}\n")
+        raise SystemExit(1) from None
+    results.settings = {
+        "runs per figure": RUNS,
+        "run length": f"{RUN_SECONDS} s (after a {WARMUP_SECONDS} s warm-up per target)",
+        "connections (B1, B2)": CONNECTIONS,
+        "client timeout": f"{CLIENT_TIMEOUT_S} s",
+        "simulator quote latency": f"{QUOTE_LATENCY_MS} ms, serialised",
+        "B3 latency": f"{RUNS} x {LATENCY_PAIRS} sequential pairs (direct agent call, service)",
+        "B3 throughput concurrency": NONCE_CONCURRENCY,
+        "B3 overload concurrency": f"{OVERLOAD_CONCURRENCY} (sidecar queue bound 16 + 1 quoting)",
+        "B4 in-process repeats": VERIFY_REPEATS,
+    }
+    results.wall_seconds = time.monotonic() - began
+    target = REPO / "BENCHMARKS.md"
+    target.write_text(render(results))
+    shutil.rmtree(run_dir, ignore_errors=True)
+    step(f"wrote {target.name} in {results.wall_seconds:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Baseline: a naive service that asks the agent for a fresh quote on every request, no cache."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from oauth3.serve import serve
+
+AGENT = web.AppKey("agent", aiohttp.ClientSession)
+
+
+def naive_app(agent_socket: Path, info: bytes) -> web.Application:
+    """GET /attestation: one GetQuote straight to the agent socket per request."""
+    report_data = (hashlib.sha256(info).digest() + bytes(32)).hex()
+
+    async def agent_session(app: web.Application) -> AsyncIterator[None]:
+        connector = aiohttp.UnixConnector(path=str(agent_socket), keepalive_timeout=5)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            app[AGENT] = session
+            yield
+
+    async def get_attestation(request: web.Request) -> web.Response:
+        payload = {"report_data": report_data}
+        async with request.app[AGENT].post("http://dstack/GetQuote", json=payload) as answer:
+            doc = orjson.loads(await answer.read())
+        body = orjson.dumps(
+            {
+                "quote": base64.b64encode(bytes.fromhex(doc["quote"])).decode(),
+                "eventLog": doc["event_log"],
+                "reportData": report_data,
+                "generatedAt": datetime.now(UTC).isoformat(),
+            }
+        )
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.cleanup_ctx.append(agent_session)
+    app.router.add_get("/attestation", get_attestation)
+    return app
+
+
+def main() -> None:
+    """`python -m bench.naive PORT AGENT_SOCKET INFO_FILE`."""
+    parser = argparse.ArgumentParser(prog="bench.naive")
+    parser.add_argument("port", type=int)
+    parser.add_argument("agent_socket", type=Path)
+    parser.add_argument("info", type=Path)
+    args = parser.parse_args()
+    app = naive_app(args.agent_socket, args.info.read_bytes())
+    asyncio.run(serve(app, host="127.0.0.1", port=args.port, shutdown_timeout=1))
+
+
+if __name__ == "__main__":
+    main()

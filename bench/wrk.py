@@ -1,0 +1,108 @@
+"""wrk: installed from Debian when missing, run with a Lua reporter that prints one JSON line."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+REPORTER = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH {"requests":%d,"duration_us":%d,"connect":%d,"read":%d,"write":%d,'
+    .. '"status":%d,"timeout":%d,"p50_us":%d,"p99_us":%d}\\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadStats:
+    """One load run: requests per second, latency percentiles and every kind of failure."""
+
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+    timeouts: int
+    errors: int
+
+    @property
+    def rps(self) -> float:
+        """Completed requests per second."""
+        return self.requests / self.seconds if self.seconds else 0.0
+
+
+def _apt(*args: str) -> bool:
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    command = ["apt-get", *args]
+    done = subprocess.run(command, env=env, capture_output=True, check=False, timeout=300)  # noqa: S603
+    return done.returncode == 0
+
+
+def ensure_wrk() -> tuple[str | None, str]:
+    """wrk's path (installing Debian's package as root when missing) and how it was found."""
+    found = shutil.which("wrk")
+    if found:
+        return found, "already installed"
+    if os.geteuid() != 0:
+        return None, "wrk missing and not root: cannot apt-get install it"
+    if not _apt("install", "-y", "-q", "wrk"):
+        _apt("update", "-q")
+        _apt("install", "-y", "-q", "wrk")
+    found = shutil.which("wrk")
+    return (found, "installed with apt-get") if found else (None, "apt-get install wrk failed")
+
+
+def wrk_version(wrk: str) -> str:
+    """The first line wrk prints about itself."""
+    done = subprocess.run([wrk, "-v"], capture_output=True, text=True, check=False)  # noqa: S603
+    return (
+        (done.stdout or done.stderr).splitlines()[0].strip() if done.stdout or done.stderr else ""
+    )
+
+
+def run_wrk(
+    wrk: str, url: str, *, connections: int, seconds: int, threads: int = 1, timeout_s: int = 10
+) -> LoadStats:
+    """Run wrk against `url` for `seconds` with a fixed connection count; parse its JSON line."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(REPORTER)
+    try:
+        done = subprocess.run(  # noqa: S603
+            [
+                wrk,
+                f"-t{threads}",
+                f"-c{connections}",
+                f"-d{seconds}s",
+                f"--timeout={timeout_s}s",
+                "-s",
+                script.name,
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=seconds + timeout_s + 30,
+        )
+    finally:
+        Path(script.name).unlink(missing_ok=True)
+    line = next(x for x in done.stdout.splitlines() if x.startswith("BENCH "))
+    doc = orjson.loads(line.removeprefix("BENCH "))
+    return LoadStats(
+        requests=doc["requests"],
+        seconds=doc["duration_us"] / 1e6,
+        p50_ms=doc["p50_us"] / 1000,
+        p99_ms=doc["p99_us"] / 1000,
+        non_2xx=doc["status"],
+        timeouts=doc["timeout"],
+        errors=doc["connect"] + doc["read"] + doc["write"],
+    )
