@@ -16,6 +16,7 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|PRIVATE_?KEY|CREDENTIAL", re.I)
 REDACTED = "[redacted]"
 MIN_SECRET_LENGTH = 4
+_PLAIN = (str, int, float, bool, type(None))
 
 
 def secrets_from_env(env: Mapping[str, str]) -> list[str]:
@@ -29,17 +30,27 @@ class SecretRedactor:
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         known = {s for s in secrets if len(s) >= MIN_SECRET_LENGTH}
         self._secrets = sorted(known, key=len, reverse=True)
+        self._secret_keys: dict[str, bool] = {}  # event keys are few: decide each once
 
     def __call__(
         self, logger: Any, method: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
-        """Scrub one event in place and return it."""
+        """Scrub one event in place and return it (scalars without secrets are left untouched)."""
         for key, value in event_dict.items():
-            event_dict[key] = self._scrub(value, key)
+            if self._is_secret_key(key):
+                event_dict[key] = REDACTED
+            elif not isinstance(value, _PLAIN) or (self._secrets and isinstance(value, str)):
+                event_dict[key] = self._scrub(value)
         return event_dict
 
+    def _is_secret_key(self, key: str) -> bool:
+        secret = self._secret_keys.get(key)
+        if secret is None:
+            secret = self._secret_keys[key] = bool(SECRET_NAME.search(key))
+        return secret
+
     def _scrub(self, value: Any, key: str | None = None) -> Any:
-        if key is not None and SECRET_NAME.search(key):
+        if key is not None and self._is_secret_key(key):
             return REDACTED
         if isinstance(value, str):
             for secret in self._secrets:

@@ -342,3 +342,19 @@ def test_settings_validation() -> None:
     ]:
         with pytest.raises(ConfigError, match=message):
             ServiceSettings.from_env(env)
+
+
+async def test_service_turns_away_quotes_beyond_its_own_bound(
+    harness: Harness, aiohttp_client: ClientFactory
+) -> None:
+    client = await aiohttp_client(create_app(harness.service_settings(max_pending_quotes=2)))
+    await body_of(client, "/attestation")
+    before = harness.agent.quote_calls()
+    harness.agent.delay = 0.2
+    nonces = [f"{i + 1:064x}" for i in range(6)]
+    results = await asyncio.gather(*(client.get(f"/attestation?nonce={n}") for n in nonces))
+    statuses = sorted(r.status for r in results)
+    assert statuses == [200, 200, 503, 503, 503, 503]
+    details = {problem(await r.read())["detail"] for r in results if r.status == 503}
+    assert details == {"quote queue is full"}
+    assert harness.agent.quote_calls() == before + 2  # the 503s never reached the sidecar

@@ -133,6 +133,7 @@ async def sidecar_client(app: web.Application) -> AsyncIterator[None]:
         refresh_interval=settings.cache_refresh_interval,
         max_age=settings.cache_max_age,
         retry_after=settings.retry_after,
+        max_pending=settings.max_pending_quotes,
         metrics=app[METRICS],
     )
     app[QUOTES] = provider

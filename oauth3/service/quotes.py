@@ -83,6 +83,7 @@ class QuoteProvider:
         refresh_interval: float,
         max_age: float,
         retry_after: int,
+        max_pending: int = 17,
         metrics: ServiceMetrics | None = None,
     ) -> None:
         self._client = client
@@ -91,6 +92,7 @@ class QuoteProvider:
         self._refresh_interval = refresh_interval
         self._max_age = max_age
         self._retry_after = retry_after
+        self._max_pending = max_pending
         self._cached: ServedQuote | None = None
         self._inflight: dict[bytes | None, asyncio.Task[ServedQuote]] = {}
 
@@ -162,7 +164,11 @@ class QuoteProvider:
             raise
 
     async def fresh(self, nonce: bytes, request_id: str) -> QuoteOutcome:
-        """A new quote over this nonce; identical nonces in flight share one agent call."""
+        """A new quote over this nonce; identical nonces in flight share one agent call.
+        Beyond `max_pending` distinct quotes in flight the answer is 503 at once, without a
+        round trip to a sidecar whose queue would refuse it anyway."""
+        if nonce not in self._inflight and len(self._inflight) >= self._max_pending:
+            raise AgentUnavailableError("quote queue is full", retry_after=self._retry_after)
         served, coalesced = await self._shared(nonce, lambda: self._fetch(nonce, request_id))
         return QuoteOutcome(served, "coalesced" if coalesced else "fresh")
 

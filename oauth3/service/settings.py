@@ -61,6 +61,7 @@ class ServiceSettings:
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0  # off unless asked for; from_env defaults to DEFAULT_METRICS_PORT
     limits: Limits = field(default_factory=Limits)
+    max_pending_quotes: int = 17  # the sidecar's default queue (16) plus the quote in the agent
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
@@ -86,6 +87,7 @@ class ServiceSettings:
             build_info=parse_build_info(env.get("OAUTH3_BUILD_INFO")),
             log_level=log_level(env),
             limits=limits(env, "OAUTH3_"),
+            max_pending_quotes=integer(env, "OAUTH3_MAX_PENDING_QUOTES", 17, 1, 10_001),
             metrics_host=env.get("OAUTH3_METRICS_HOST", "127.0.0.1"),
             metrics_port=integer(env, "OAUTH3_METRICS_PORT", DEFAULT_METRICS_PORT, 0, 65535),
         )
