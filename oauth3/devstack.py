@@ -197,8 +197,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         port = int(env.get("OAUTH3_PORT", "8080"))
         pccs_port = int(env.get("OAUTH3_PCCS_PORT", str(port + 1)))
+        env.setdefault("OAUTH3_METRICS_PORT", str(port + 2))
+        metrics_port = int(env["OAUTH3_METRICS_PORT"])
     except ValueError:
-        fail("oauth3-run: OAUTH3_PORT and OAUTH3_PCCS_PORT must be port numbers")
+        fail("oauth3-run: OAUTH3_PORT, OAUTH3_PCCS_PORT, OAUTH3_METRICS_PORT must be port numbers")
     stopping = False
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -220,6 +222,8 @@ def main(argv: list[str] | None = None) -> None:
     except RuntimeError as exc:
         fail(f"oauth3-run: {exc}", 1)
     sys.stdout.write(_banner(paths, f"http://{host}:{port}", pccs_port, children))
+    if metrics_port:
+        sys.stdout.write(f"metrics: http://{host}:{metrics_port}/metrics\n")
     sys.stdout.flush()
     exited: Child | None = None
     while not stopping and exited is None:

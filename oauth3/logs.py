@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any, BinaryIO
 
@@ -64,6 +65,27 @@ class SecretRedactor:
         return value
 
 
+class UtcTimestamp:
+    """structlog processor: `timestamp` as RFC 3339 UTC with microseconds; the formatted second
+    is cached, which makes it several times cheaper than TimeStamper(fmt="iso")."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(
+        self, logger: Any, method: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        """Stamp one event."""
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        event_dict["timestamp"] = f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
+        return event_dict
+
+
 def configure_logging(
     level: str = "info",
     *,
@@ -77,7 +99,7 @@ def configure_logging(
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        UtcTimestamp(),
     ]
     redactor = SecretRedactor(secrets)
     factory: structlog.types.WrappedLogger
