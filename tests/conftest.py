@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
+from tests.fakes import Harness, short_socket_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VECTORS_ENV = "OAUTH3_VECTORS"
@@ -23,3 +26,12 @@ def vectors() -> Path:
     if not path.is_dir():
         pytest.skip(f"golden vectors not found at {path} (set {VECTORS_ENV} to their folder)")
     return path
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    """A fake agent and a real sidecar app on unix sockets, for in-process service tests."""
+    started = Harness(short_socket_dir())
+    await started.start()
+    yield started
+    await started.close()

@@ -7,7 +7,7 @@ import contextlib
 import os
 import tempfile
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -17,6 +17,9 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from oauth3.service.settings import ServiceSettings
+from oauth3.sidecar.app import create_app as create_sidecar
+from oauth3.sidecar.settings import SidecarSettings
 from oauth3.simulator.mockdcap import MockDcap
 from oauth3.simulator.quote import build_quote, td_report_body
 
@@ -138,3 +141,51 @@ def problem(body: bytes) -> dict[str, Any]:
     doc: dict[str, Any] = orjson.loads(body)
     assert {"type", "title", "status", "detail"} <= set(doc), doc
     return doc
+
+
+class Harness:
+    """Fake agent + real sidecar app on unix sockets; the sidecar can be stopped and started."""
+
+    def __init__(self, directory: Path, queue_size: int = 2) -> None:
+        self.agent = FakeAgent()
+        self.sidecar_settings = SidecarSettings(
+            socket=directory / "sidecar.sock",
+            agent_socket=directory / "dstack.sock",
+            queue_size=queue_size,
+            quote_timeout=0.5,
+        )
+        self.stack = AsyncExitStack()
+        self.sidecar_stack: AsyncExitStack | None = None
+
+    async def start(self) -> None:
+        await self.stack.enter_async_context(
+            serve_unix(self.agent.app, self.sidecar_settings.agent_socket)
+        )
+        await self.start_sidecar()
+
+    async def start_sidecar(self) -> None:
+        self.sidecar_stack = AsyncExitStack()
+        await self.sidecar_stack.enter_async_context(
+            serve_unix(create_sidecar(self.sidecar_settings), self.sidecar_settings.socket)
+        )
+
+    async def stop_sidecar(self) -> None:
+        assert self.sidecar_stack is not None
+        await self.sidecar_stack.aclose()
+        self.sidecar_stack = None
+
+    async def close(self) -> None:
+        if self.sidecar_stack is not None:
+            await self.stop_sidecar()
+        await self.stack.aclose()
+
+    def service_settings(self, **overrides: Any) -> ServiceSettings:
+        values: dict[str, Any] = {
+            "sidecar_socket": self.sidecar_settings.socket,
+            "quote_timeout": 2.0,
+            "ready_timeout": 0.5,
+            "cache_refresh_interval": 60.0,
+            "cache_max_age": 120.0,
+        }
+        values.update(overrides)
+        return ServiceSettings(**values)

@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import io
 import shutil
-import socket
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -44,7 +43,6 @@ DOMAIN = "evidence.test"
 CERT_FILE = f"cert-{DOMAIN}.pem"
 ACME = b'{"body":{"status":"valid","contact":["mailto:ops@evidence.test"]},"uri":"https://acme.invalid/acct/1"}\n'
 REPO = Path(__file__).resolve().parent.parent
-START_TIMEOUT = 20.0
 
 
 # ---------------------------------------------------------------- certificates
@@ -100,15 +98,6 @@ class Identity:
 
 
 # ---------------------------------------------------------------- the simulator and evidences
-
-
-def _connectable(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(str(path))
-        except OSError:
-            return False
-    return True
 
 
 async def _get_quote(sock: Path, report_data: bytes) -> bytes:

@@ -20,9 +20,9 @@ from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
 from oauth3.service.app import create_app
-from tests.fakes import problem
+from tests.fakes import Harness, problem
 from tests.stack import RunningStack, running_stack
-from tests.test_service import ClientFactory, Harness, harness  # noqa: F401 - fixture reuse
+from tests.test_service import ClientFactory
 
 NONCE = "fa" * 32
 
@@ -43,14 +43,14 @@ AGENT_FAULTS: dict[str, tuple[int, str, str]] = {
 
 
 @pytest.fixture
-async def client(harness: Harness, aiohttp_client: ClientFactory) -> TestClient[Any, Any]:  # noqa: F811
+async def client(harness: Harness, aiohttp_client: ClientFactory) -> TestClient[Any, Any]:
     return await aiohttp_client(create_app(harness.service_settings()))
 
 
 @pytest.mark.parametrize("fault", sorted(AGENT_FAULTS))
 async def test_agent_fault_then_recovery(
     client: TestClient[Any, Any],
-    harness: Harness,  # noqa: F811
+    harness: Harness,
     fault: str,
 ) -> None:
     status, detail, event = AGENT_FAULTS[fault]
@@ -69,7 +69,7 @@ async def test_agent_fault_then_recovery(
 
 async def test_slow_agent_within_timeout_is_served(
     client: TestClient[Any, Any],
-    harness: Harness,  # noqa: F811
+    harness: Harness,
 ) -> None:
     assert (await client.get("/attestation")).status == 200  # the start-up refresh is done
     harness.agent.delay = 0.3  # the sidecar allows 0.5 s, queueing included

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import math
 import socket
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +17,9 @@ from structlog.testing import capture_logs
 from oauth3.metrics import checked_sidecar_text
 from oauth3.service.app import create_app
 from oauth3.service.settings import ConfigError, ServiceSettings
-from tests.fakes import short_socket_dir, unix_session
+from tests.fakes import Harness, unix_session
 from tests.stack import free_port
-from tests.test_service import NONCE, ClientFactory, Harness
+from tests.test_service import NONCE, ClientFactory
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -66,14 +65,6 @@ class Running:
         response = await self.client.get(path)
         await response.read()
         return response.status
-
-
-@pytest.fixture
-async def harness() -> AsyncIterator[Harness]:
-    h = Harness(short_socket_dir())
-    await h.start()
-    yield h
-    await h.close()
 
 
 @pytest.fixture

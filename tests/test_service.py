@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -20,68 +18,10 @@ from oauth3.attestation import parse_quote
 from oauth3.envconfig import ConfigError
 from oauth3.service.app import create_app
 from oauth3.service.settings import ServiceSettings, parse_build_info
-from oauth3.sidecar.app import create_app as create_sidecar
-from oauth3.sidecar.settings import SidecarSettings
-from tests.fakes import FakeAgent, problem, serve_unix, short_socket_dir
+from tests.fakes import Harness, problem
 
 NONCE = "5a" * 32
 ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
-
-
-class Harness:
-    """Fake agent + real sidecar app on unix sockets; the sidecar can be stopped and started."""
-
-    def __init__(self, directory: Path, queue_size: int = 2) -> None:
-        self.agent = FakeAgent()
-        self.sidecar_settings = SidecarSettings(
-            socket=directory / "sidecar.sock",
-            agent_socket=directory / "dstack.sock",
-            queue_size=queue_size,
-            quote_timeout=0.5,
-        )
-        self.stack = AsyncExitStack()
-        self.sidecar_stack: AsyncExitStack | None = None
-
-    async def start(self) -> None:
-        await self.stack.enter_async_context(
-            serve_unix(self.agent.app, self.sidecar_settings.agent_socket)
-        )
-        await self.start_sidecar()
-
-    async def start_sidecar(self) -> None:
-        self.sidecar_stack = AsyncExitStack()
-        await self.sidecar_stack.enter_async_context(
-            serve_unix(create_sidecar(self.sidecar_settings), self.sidecar_settings.socket)
-        )
-
-    async def stop_sidecar(self) -> None:
-        assert self.sidecar_stack is not None
-        await self.sidecar_stack.aclose()
-        self.sidecar_stack = None
-
-    async def close(self) -> None:
-        if self.sidecar_stack is not None:
-            await self.stop_sidecar()
-        await self.stack.aclose()
-
-    def service_settings(self, **overrides: Any) -> ServiceSettings:
-        values: dict[str, Any] = {
-            "sidecar_socket": self.sidecar_settings.socket,
-            "quote_timeout": 2.0,
-            "ready_timeout": 0.5,
-            "cache_refresh_interval": 60.0,
-            "cache_max_age": 120.0,
-        }
-        values.update(overrides)
-        return ServiceSettings(**values)
-
-
-@pytest.fixture
-async def harness() -> AsyncIterator[Harness]:
-    h = Harness(short_socket_dir())
-    await h.start()
-    yield h
-    await h.close()
 
 
 @pytest.fixture
