@@ -14,9 +14,12 @@ from aiohttp import web
 from .problem import Problem, from_problem, problem_response
 
 REQUEST_ID_HEADER = "X-Request-ID"
+# how long the sidecar held a quote request in its queue and in the agent (ms)
+QUEUE_MS_HEADER = "X-Oauth3-Queue-Ms"
+AGENT_MS_HEADER = "X-Oauth3-Agent-Ms"
 LOG_FIELDS = web.RequestKey("oauth3_log_fields", dict[str, Any])
 REQUEST_ID = web.RequestKey("oauth3_request_id", str)
-_WELL_FORMED_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+WELL_FORMED_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -24,7 +27,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def request_id_for(request: web.Request) -> str:
     """The inbound X-Request-ID when well-formed, else a fresh random id."""
     inbound = request.headers.get(REQUEST_ID_HEADER, "")
-    return inbound if _WELL_FORMED_ID.fullmatch(inbound) else os.urandom(16).hex()
+    return inbound if WELL_FORMED_REQUEST_ID.fullmatch(inbound) else os.urandom(16).hex()
 
 
 def note(request: web.Request, **fields: Any) -> None:

@@ -14,9 +14,10 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
+from oauth3.envconfig import ConfigError
 from oauth3.metrics import checked_sidecar_text
 from oauth3.service.app import create_app
-from oauth3.service.settings import ConfigError, ServiceSettings
+from oauth3.service.settings import ServiceSettings
 from tests.fakes import Harness, unix_session
 from tests.stack import free_port
 from tests.test_service import NONCE, ClientFactory

@@ -7,7 +7,8 @@ from datetime import timedelta
 import pytest
 
 from oauth3.cli import OneLineParser
-from oauth3.simulator.settings import ConfigError, SimulatorSettings, from_args, parser
+from oauth3.envconfig import ConfigError
+from oauth3.simulator.settings import SimulatorSettings, from_args, parser
 
 
 def settings(argv: list[str], env: dict[str, str] | None = None) -> SimulatorSettings:

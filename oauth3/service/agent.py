@@ -11,10 +11,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from oauth3.httpmw import REQUEST_ID_HEADER
-
-QUEUE_MS_HEADER = "X-Oauth3-Queue-Ms"
-AGENT_MS_HEADER = "X-Oauth3-Agent-Ms"
+from oauth3.httpmw import AGENT_MS_HEADER, QUEUE_MS_HEADER, REQUEST_ID_HEADER
 
 
 class AgentError(Exception):

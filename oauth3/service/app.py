@@ -10,13 +10,14 @@ from importlib import resources
 import structlog
 from aiohttp import web
 
+from oauth3 import package_version
 from oauth3.attestation import ReportDataError, parse_nonce
 from oauth3.httpmw import REQUEST_ID, note, request_middleware
 from oauth3.metrics import ServiceMetrics, ServiceScraper, metrics_listener
 from oauth3.problem import Problem
 
 from .agent import AgentError, SidecarClient
-from .identity import InfoDocument, build_info_document, package_version
+from .identity import InfoDocument, build_info_document
 from .quotes import QuoteOutcome, QuoteProvider
 from .settings import ServiceSettings
 

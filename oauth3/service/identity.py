@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import orjson
@@ -23,14 +22,6 @@ class InfoDocument:
     def etag(self) -> str:
         """A strong ETag: the quoted hex SHA-256 of the body."""
         return f'"{self.digest.hex()}"'
-
-
-def package_version() -> str:
-    """The installed oauth3 distribution's version."""
-    try:
-        return version("oauth3")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 def build_info_document(build_info: dict[str, Any] | None, app_version: str) -> InfoDocument:

@@ -12,15 +12,20 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from oauth3.httpmw import REQUEST_ID, REQUEST_ID_HEADER, note, request_middleware
+from oauth3.httpmw import (
+    AGENT_MS_HEADER,
+    QUEUE_MS_HEADER,
+    REQUEST_ID,
+    REQUEST_ID_HEADER,
+    note,
+    request_middleware,
+)
 from oauth3.metrics import SidecarMetrics, exposition
 from oauth3.problem import Problem
 
 from .settings import SidecarSettings
 
 MAX_AGENT_RESPONSE_BYTES = 1 << 20
-QUEUE_MS_HEADER = "X-Oauth3-Queue-Ms"
-AGENT_MS_HEADER = "X-Oauth3-Agent-Ms"
 _HEX = frozenset("0123456789abcdefABCDEF")
 
 

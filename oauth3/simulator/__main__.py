@@ -11,12 +11,13 @@ import structlog
 from aiohttp import web
 
 from oauth3.cli import OneLineParser, fail
+from oauth3.envconfig import ConfigError
 from oauth3.logs import configure_logging, secrets_from_env
 from oauth3.serve import SocketInUseError, prepare_socket_path, serve
 
 from .app import CVM, DCAP, create_app
 from .mockdcap import create_pccs_app
-from .settings import ConfigError, SimulatorSettings, from_args, parser
+from .settings import SimulatorSettings, from_args, parser
 
 PROG = "oauth3-simulator"
 SHUTDOWN_TIMEOUT = 1.0

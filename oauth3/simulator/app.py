@@ -5,18 +5,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib import metadata
 from typing import Any, Literal
 
 import orjson
 import structlog
 from aiohttp import web
+
+from oauth3 import package_version
+from oauth3.httpmw import WELL_FORMED_REQUEST_ID
 
 from .mockdcap import MockDcap
 from .settings import SimulatorSettings
@@ -30,7 +31,6 @@ JSON_ONLY = (
 )
 SIMULATED_FAILURE = "simulated fault: quote generation failed"
 RECORD_LIMIT = 10_000
-_WELL_FORMED_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 Fault = Literal["none", "fail", "stall", "wrong-report-data"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -198,7 +198,7 @@ async def log_requests(request: web.Request, handler: Handler) -> web.StreamResp
     started = time.perf_counter()
     request[LOG_FIELDS] = {}
     inbound = request.headers.get("X-Request-ID", "")
-    if _WELL_FORMED_ID.fullmatch(inbound):
+    if WELL_FORMED_REQUEST_ID.fullmatch(inbound):
         request[LOG_FIELDS]["request_id"] = inbound
     log = structlog.get_logger("simulator")
     response: web.StreamResponse
@@ -220,14 +220,6 @@ async def log_requests(request: web.Request, handler: Handler) -> web.StreamResp
     if isinstance(response, web.HTTPException):
         raise response
     return response
-
-
-def package_version() -> str:
-    """The installed oauth3 version (0.0.0 when running from an uninstalled tree)."""
-    try:
-        return metadata.version("oauth3")
-    except metadata.PackageNotFoundError:
-        return "0.0.0"
 
 
 def create_app(settings: SimulatorSettings, *, now: datetime | None = None) -> web.Application:

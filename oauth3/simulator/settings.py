@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import cast
 
 from oauth3.attestation.tcb import TCB_STATUSES, TcbStatus
+from oauth3.envconfig import ConfigError
 from oauth3.logs import valid_level
 
 from .mockdcap import MockDcapOptions
@@ -40,10 +41,6 @@ ENVIRONMENT = {
     "collateral_validity_s": "OAUTH3_SIM_COLLATERAL_VALIDITY_S",
     "log_level": "OAUTH3_LOG_LEVEL",
 }
-
-
-class ConfigError(ValueError):
-    """An option or environment variable holds an invalid value; the message names it."""
 
 
 @dataclass(frozen=True, slots=True)
