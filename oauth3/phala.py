@@ -8,6 +8,7 @@ SDK's `get_compose_hash` hashes, so its result equals the compose hash printed h
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import sys
@@ -40,6 +41,30 @@ STRING_FIELDS = ("name", "runner", "docker_compose_file", "key_provider", "key_p
 RUNNERS = ("docker-compose", "bash")
 KEY_PROVIDERS = ("kms", "local", "none")
 DEFAULT_COMPOSE_OUT = "docker-compose.phala.yml"
+# fields whose change alters what runs, who holds the keys, or what the world can read
+IMPORTANT_FIELDS = {
+    "docker_compose_file": "another set of containers",
+    "runner": "another way to start the app",
+    "bash_script": "a script that runs the app",
+    "init_script": "runs as root before the containers",
+    "kms_enabled": "changes who derives the app's keys",
+    "key_provider": "changes who derives the app's keys",
+    "key_provider_id": "changes who derives the app's keys",
+    "local_key_provider_enabled": "changes who derives the app's keys",
+    "public_logs": "changes what anyone can read",
+    "public_sysinfo": "changes what anyone can read",
+    "public_tcbinfo": "changes what anyone can read",
+}
+HARMLESS_FIELDS = {
+    "manifest_version": "format version",
+    "name": "display name",
+    "gateway_enabled": "routing through the dstack gateway",
+    "tproxy_enabled": "routing through the dstack gateway (old name)",
+    "secure_time": "time source at boot",
+    "no_instance_id": "whether instances get distinct ids",
+    "storage_fs": "file system of the data disk",
+    "event_log_version": "RTMR3 digest format",
+}
 
 
 class ManifestError(ValueError):
@@ -268,18 +293,73 @@ def _shown(document: Mapping[str, Any], field: str) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def compare(rendered: Rendered, deployed_raw: bytes) -> tuple[bool, list[str], bytes]:
-    """Whether the deployed app-compose runs our docker-compose, field differences, its hash."""
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """One field where the deployed app-compose differs from ours, and whether it matters."""
+
+    field: str
+    ours: str
+    deployed: str
+    matters: bool
+    why: str
+
+    def line(self) -> str:
+        """One line for the report."""
+        mark = "MATTERS" if self.matters else "note   "
+        return f"  {mark}  {self.field}: ours {self.ours}, deployed {self.deployed} ({self.why})"
+
+
+def _judge_script(script: Any, allowed_scripts: set[str]) -> tuple[bool, str]:
+    digest = hashlib.sha256(str(script or "").encode()).hexdigest()
+    if script and digest in allowed_scripts:
+        return False, f"sha256 {digest} allowed by you"
+    return True, (
+        f"runs as root before the containers; sha256 {digest}: read it, then allow it with "
+        f"--allow-pre-launch-script {digest}"
+    )
+
+
+def _judge_envs(mine: Any, theirs: Any) -> tuple[bool, str]:
+    extra = sorted(set(theirs or []) - set(mine or []))
+    if not extra:
+        return False, "fewer variables than ours"
+    return True, f"the operator may set {', '.join(extra)} at deploy time"
+
+
+def _judge(field: str, mine: Any, theirs: Any, allowed_scripts: set[str]) -> tuple[bool, str]:
+    """Whether a changed field matters, and why."""
+    if field == "pre_launch_script":
+        return _judge_script(theirs, allowed_scripts)
+    if field == "allowed_envs":
+        return _judge_envs(mine, theirs)
+    known = {
+        **{name: (True, why) for name, why in IMPORTANT_FIELDS.items()},
+        **{name: (False, why) for name, why in HARMLESS_FIELDS.items()},
+    }
+    return known.get(field, (True, "a field oauth3 does not know to be harmless"))
+
+
+def compare(
+    rendered: Rendered, deployed_raw: bytes, allowed_scripts: set[str] | None = None
+) -> tuple[list[Difference], bytes]:
+    """Every field where the deployed app-compose differs from ours, each judged, and the
+    deployed compose hash."""
     deployed_bytes = _deployed_app_compose(deployed_raw)
     deployed = orjson.loads(deployed_bytes)
     ours = orjson.loads(rendered.app_compose)
-    notes = []
-    for field in sorted(set(ours) | set(deployed)):
-        if field == "docker_compose_file" or ours.get(field) == deployed.get(field):
-            continue
-        notes.append(f"{field}: ours {_shown(ours, field)}, deployed {_shown(deployed, field)}")
-    same_compose = deployed.get("docker_compose_file") == rendered.docker_compose
-    return same_compose, notes, compose_hash(deployed_bytes)
+    if not isinstance(deployed, dict):
+        raise ManifestError("deployed app-compose: not a JSON object")
+    differences = [
+        Difference(
+            field,
+            _shown(ours, field),
+            _shown(deployed, field),
+            *_judge(field, ours.get(field), deployed.get(field), allowed_scripts or set()),
+        )
+        for field in sorted(set(ours) | set(deployed))
+        if ours.get(field) != deployed.get(field)
+    ]
+    return differences, compose_hash(deployed_bytes)
 
 
 def _parser() -> OneLineParser:
@@ -308,6 +388,13 @@ def _parser() -> OneLineParser:
     )
     render_cmd.add_argument("--json", action="store_true", help="print the summary as JSON")
     check_cmd.add_argument("deployed", help="deployed app-compose.json or a dstack /Info JSON")
+    check_cmd.add_argument(
+        "--allow-pre-launch-script",
+        metavar="SHA256",
+        action="append",
+        default=[],
+        help="accept a deployed pre_launch_script with this sha256 (after reading it)",
+    )
     return parser
 
 
@@ -328,16 +415,26 @@ def _render_main(args: argparse.Namespace, rendered: Rendered) -> None:
 
 
 def _check_main(args: argparse.Namespace, rendered: Rendered) -> None:
-    same, notes, deployed_hash = compare(rendered, _read(args.deployed))
+    allowed = set()
+    for value in args.allow_pre_launch_script:
+        digest = value.lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise ManifestError(f"--allow-pre-launch-script {value!r} is not a sha256 (64 hex)")
+        allowed.add(digest)
+    differences, deployed_hash = compare(rendered, _read(args.deployed), allowed)
     lines = [f"deployed compose_hash  {deployed_hash.hex()}"]
-    lines += [f"  differs  {note}" for note in notes]
-    if not same:
-        lines.append("MISMATCH: the deployed docker_compose_file is not the manifest's")
+    lines += [d.line() for d in differences]
+    mattering = [d.field for d in differences if d.matters]
+    if mattering:
+        lines.append(
+            "NOT OK: the deployment differs from the manifest in what matters: "
+            + ", ".join(mattering)
+        )
         sys.stdout.write("\n".join(lines) + "\n")
         raise SystemExit(1)
     lines.append(
-        "OK: same docker_compose_file; verify with "
-        f"oauth3-verify URL --expect-compose-hash {deployed_hash.hex()}"
+        "OK: the deployment runs the manifest's containers with the same keys and visibility; "
+        f"verify with oauth3-verify URL --expect-compose-hash {deployed_hash.hex()}"
     )
     sys.stdout.write("\n".join(lines) + "\n")
 

