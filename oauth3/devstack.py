@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
+import json
 import os
 import signal
 import socket
@@ -19,6 +21,8 @@ from typing import IO
 
 from oauth3.cli import OneLineParser, fail
 from oauth3.phala import ManifestError, render
+from oauth3.verifier.files import write_atomically
+from oauth3.verifier.policy import PlatformPin, Policy, render_policy
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
@@ -59,6 +63,11 @@ class StackPaths:
     def dcap_dir(self) -> Path:
         """Mock root CA and collateral written by the simulator for offline verification."""
         return self.run_dir / "dcap"
+
+    @property
+    def policy(self) -> Path:
+        """The relying party's policy for this simulated CVM (what make run's verify uses)."""
+        return self.run_dir / "policy.toml"
 
 
 def _start(name: str, args: list[str], env: dict[str, str], paths: StackPaths) -> Child:
@@ -159,25 +168,85 @@ def start_stack(
         _wait("the sidecar socket", lambda: _socket_accepts(paths.sidecar_socket), children)
         children.append(_start("service", ["oauth3.service"], env, paths))
         _wait("the service /readyz", lambda: _http_ok(f"http://{host}:{port}/readyz"), children)
+        write_policy(paths)
     except BaseException:
         stop_all(children)
         raise
     return children
 
 
+class _UnixConnection(http.client.HTTPConnection):
+    """HTTP/1.1 over a unix socket (the dstack agent's transport)."""
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        """Connect to the socket file instead of a TCP address."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(str(self._path))
+        self.sock = sock
+
+
+def agent_info(path: Path, timeout: float = 5.0) -> dict[str, object]:
+    """The agent's POST /Info answer, decoded; RuntimeError when it cannot be had."""
+    connection = _UnixConnection(path, timeout)
+    try:
+        connection.request(
+            "POST", "/Info", body=b"{}", headers={"Content-Type": "application/json"}
+        )
+        response = connection.getresponse()
+        body = response.read()
+    except OSError as exc:
+        raise RuntimeError(f"cannot ask {path} for /Info: {exc}") from None
+    finally:
+        connection.close()
+    document = json.loads(body)
+    if response.status != 200 or not isinstance(document, dict):
+        raise RuntimeError(f"{path} answered /Info with HTTP {response.status}")
+    return document
+
+
+def write_policy(paths: StackPaths) -> Policy:
+    """Pin what the relying party of this simulated CVM would pin out of band: the compose hash
+    of the manifest it rendered, the platform registers the CVM reports, the mock root."""
+    info = agent_info(paths.agent_socket)
+    tcb = json.loads(str(info["tcb_info"]))
+    compose = (
+        hashlib.sha256(paths.app_compose.read_bytes()).digest()
+        if paths.app_compose.exists()
+        else bytes.fromhex(str(info["compose_hash"]))
+    )
+    policy = Policy(
+        compose_hashes=frozenset([compose]),
+        app_ids=frozenset([bytes.fromhex(str(info["app_id"]))]),
+        platforms=(
+            PlatformPin(
+                name="oauth3 simulator (make run)",
+                values={k: bytes.fromhex(tcb[k]) for k in ("mrtd", "rtmr0", "rtmr1", "rtmr2")},
+            ),
+        ),
+        simulated_root_sha256=hashlib.sha256(
+            (paths.dcap_dir / "root-ca.der").read_bytes()
+        ).digest(),
+    )
+    text = render_policy(policy, f"make run: the simulator at {paths.agent_socket}")
+    write_atomically(paths.policy, text.encode())
+    return policy
+
+
 def _banner(paths: StackPaths, base: str, pccs_port: int, children: list[Child]) -> str:
     logs = ", ".join(str(c.log_path) for c in children)
-    expect = ""
-    if paths.app_compose.exists():
-        digest = hashlib.sha256(paths.app_compose.read_bytes()).hexdigest()
-        expect = f" \\\n      --expect-compose-hash {digest}"
     return (
         f"oauth3 is running (simulated TDX): {base}\n"
         f"  curl {base}/info\n"
         f'  curl "{base}/attestation?nonce=$(openssl rand -hex 32)"\n'
         f"  .venv/bin/oauth3-verify {base} --allow-simulated \\\n"
-        f"      --root-ca {paths.dcap_dir}/root-ca.der --pccs http://127.0.0.1:{pccs_port}"
-        f"{expect}\n"
+        f"      --policy {paths.policy} --pccs http://127.0.0.1:{pccs_port}\n"
+        f"policy: {paths.policy} (the compose hash, platform registers and mock root this "
+        "simulated CVM must show)\n"
         f"mock Intel PCCS: http://127.0.0.1:{pccs_port} (same collateral in {paths.dcap_dir})\n"
         f"logs: {logs}\n"
         "Ctrl-C stops all three.\n"

@@ -10,12 +10,12 @@ import pytest
 
 from oauth3.attestation import (
     EventLogError,
-    app_facts,
     compare_with_quote,
     compose_hash,
     dump_event_log,
     parse_event_log,
     parse_quote,
+    read_boot_record,
     runtime_event_digest,
     stripped,
 )
@@ -131,30 +131,29 @@ def test_every_recorded_runtime_digest_recomputes(vectors: Path) -> None:
                 assert event.digest == runtime_event_digest(event.event, event.event_payload)
 
 
-def test_app_facts_before_system_ready(vectors: Path) -> None:
+def test_os_facts_come_from_before_system_ready(vectors: Path) -> None:
     _, log = load_pair(vectors, "quote-report")
     events = parse_event_log(log)
-    facts = app_facts(events)
-    assert facts.system_ready
-    assert facts.app_id is not None
-    assert facts.app_id.hex() == "3763bc34552cf3a27ff71ad5f7a90471562a1a2d"
-    assert facts.compose_hash is not None
-    assert facts.compose_hash[:20] == facts.app_id
-    assert facts.key_provider is not None
-    assert '"local-sgx"' in facts.key_provider
-    # the app-emitted event after system-ready must not shadow the boot-time facts
-    assert any(e.event == "LIUM_MINER_HOTKEY" for e in events)
+    boot = read_boot_record(events)
+    assert boot.app_id.hex() == "3763bc34552cf3a27ff71ad5f7a90471562a1a2d"
+    assert boot.compose_hash[:20] == boot.app_id
+    assert boot.key_provider is not None
+    assert '"local-sgx"' in boot.key_provider
+    assert [e.event for e in boot.app_events] == ["LIUM_MINER_HOTKEY"]
+    # an app-emitted compose-hash after system-ready must not shadow the boot-time facts
     late = [*events, replace(events[-1], event="compose-hash", event_payload=b"\x01" * 32)]
-    assert app_facts(late).compose_hash == facts.compose_hash
+    later = read_boot_record(late)
+    assert later.compose_hash == boot.compose_hash
+    assert [e.event for e in later.app_events] == ["LIUM_MINER_HOTKEY", "compose-hash"]
 
 
 def test_compose_hash_vector(vectors: Path) -> None:
     raw = (vectors / "dstack-examples/rtmr3-based/app-compose.json").read_bytes()
     _, log = load_pair(vectors, "rtmr3-based")
-    facts = app_facts(parse_event_log(log))
-    assert compose_hash(raw) == facts.compose_hash
+    boot = read_boot_record(parse_event_log(log))
+    assert compose_hash(raw) == boot.compose_hash
     assert compose_hash(raw).hex().startswith("06768e6d")
-    assert facts.app_id == compose_hash(raw)[:20]
+    assert boot.app_id == compose_hash(raw)[:20]
 
 
 def test_v2_fields_tolerated() -> None:

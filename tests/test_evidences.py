@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import json
 import shutil
 import ssl
 import subprocess
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from oauth3.simulator.settings import default_app_compose
 from oauth3.verifier.cli import run
 from oauth3.verifier.evidences import (
     ChecksumFormatError,
@@ -37,7 +39,7 @@ from oauth3.verifier.evidences import (
 )
 from tests.fakes import short_socket_dir
 from tests.stack import simulator_process
-from tests.verifycli import step, verify, verify_text
+from tests.verifycli import pins_for, step, verify, verify_text
 
 DOMAIN = "evidence.test"
 CERT_FILE = f"cert-{DOMAIN}.pem"
@@ -139,12 +141,15 @@ class World:
     wrong_name_files: dict[str, bytes]
 
     def check_args(self, *extra: str) -> list[str]:
+        quote = bytes.fromhex(json.loads(self.good["quote.json"])["quote"])
+        compose = hashlib.sha256(default_app_compose()).hexdigest()
         return [
             "--allow-simulated",
             "--root-ca",
             str(self.root_ca),
             "--collateral",
             str(self.collateral),
+            *pins_for(quote, compose),
             *extra,
         ]
 
@@ -270,6 +275,7 @@ ALL_PASS = {
     "simulated": True,
     "hardware": True,
     "tcb_policy": True,
+    "platform": True,
     "info_binding": None,
     "nonce": None,
     "event_log": True,
@@ -294,7 +300,7 @@ async def test_simulator_evidences_over_https_pass_every_step(world: World, tmp_
     assert code == 0, doc
     assert outcomes(doc) == ALL_PASS
     assert doc["verdict"] == "SIMULATED"
-    assert step(doc, "hardware")["details"]["root"] == "pinned (--root-ca)"
+    assert step(doc, "hardware")["details"]["root"] == "pinned mock root (--root-ca)"
     digest = hashlib.sha256(world.good["sha256sum.txt"]).hexdigest()
     assert doc["report_data"] == digest + "00" * 32
     assert step(doc, "evidence_binding")["details"]["sha256sum_sha256"] == digest
@@ -308,7 +314,8 @@ async def test_simulator_evidences_over_https_pass_every_step(world: World, tmp_
     assert text_code == 0
     assert "✓ tls_certificate" in text
     assert "! the fetch did NOT verify the web-PKI certificate chain" in text
-    assert "SIMULATED: not Intel hardware" in text
+    assert "simulated: not Intel hardware" in text
+    assert text.splitlines()[-1].startswith("SIMULATED (exit 0)")
 
 
 async def test_a_served_certificate_with_another_key_fails_tls(
@@ -415,7 +422,7 @@ async def test_tls_ca_refuses_a_chain_it_does_not_root(
     async with https_evidences(world.good, world.served, tmp_path) as served:
         code, doc = await verify(online(world, served, "--tls-ca", str(stranger)))
     assert code == 2
-    assert doc == {}
+    assert doc["verdict"] == "ERROR"
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "CERTIFICATE_VERIFY_FAILED" in err
@@ -446,13 +453,14 @@ def _save(files: dict[str, bytes], directory: Path) -> Path:
 async def test_saved_evidences_pass_but_leave_tls_unchecked(world: World, tmp_path: Path) -> None:
     saved = _save(world.good, tmp_path / "saved")
     code, doc = await verify(world.check_args("--evidences-dir", str(saved)))
-    assert code == 0, doc
+    assert (code, doc["verdict"]) == (4, "PARTIAL"), doc
     assert outcomes(doc) == {**ALL_PASS, "tls_certificate": None}
     assert step(doc, "tls_certificate")["outcome"] == "skipped"
     assert doc["subject"].endswith(f"for {DOMAIN}")
     code, text = await verify_text(world.check_args("--evidences-dir", str(saved)))
-    assert code == 0
-    assert "PARTIAL: the certificate the domain serves was not checked" in text
+    assert code == 4
+    assert "gap: tls_certificate: NOT CHECKED: saved evidences, no TLS handshake" in text
+    assert text.splitlines()[-1].startswith("PARTIAL (exit 4)")
 
 
 async def test_saved_evidences_with_a_changed_certificate_fail_files(
@@ -472,7 +480,7 @@ async def test_saved_evidences_with_two_certificates_need_domain(
     assert code == 2
     assert "give --domain" in capsys.readouterr().err
     code, doc = await verify(world.check_args("--evidences-dir", str(saved), "--domain", DOMAIN))
-    assert code == 0, doc
+    assert code == 4, doc
 
 
 # ---------------------------------------------------------------- usage and formats

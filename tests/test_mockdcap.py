@@ -276,11 +276,18 @@ async def test_pccs_serves_collateral_that_verifies(
         for path, status in [
             ("/tdx/certification/v4/tcb?fmspc=00906ED50000", 404),
             ("/tdx/certification/v4/tcb?fmspc=zz", 400),
-            ("/sgx/certification/v4/pckcrl?ca=processor&encoding=der", 404),
             ("/sgx/certification/v4/pckcrl", 400),
         ]:
             async with http.get(path) as response:
                 assert response.status == status, path
+        # clients that cannot name a mock leaf's CA ask for the processor CA's CRL (the JS
+        # dcap-qvl does): they get the CRL that covers the simulated PCK certificate
+        async with http.get("/sgx/certification/v4/pckcrl?ca=processor&encoding=der") as response:
+            assert response.status == 200
+            assert await response.read() == pck_crl
+            assert urllib.parse.unquote(response.headers["SGX-PCK-CRL-Issuer-Chain"]) == (
+                pck_crl_chain
+            )
 
     tcb_info = json.dumps(tcb["tcbInfo"], separators=(",", ":"))
     qe_identity = json.dumps(qe["enclaveIdentity"], separators=(",", ":"))

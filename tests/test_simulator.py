@@ -27,12 +27,12 @@ from aiohttp import web
 from dstack_sdk import get_compose_hash
 
 from oauth3.attestation import (
-    app_facts,
     compare_with_quote,
     decode_mr_config_id,
     parse_event_list,
     parse_event_log,
     parse_quote,
+    read_boot_record,
 )
 from oauth3.simulator.app import DCAP, QUOTER, create_app
 from oauth3.simulator.settings import SimulatorSettings, default_app_compose
@@ -43,6 +43,21 @@ REPO = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 JSON = {"Content-Type": "application/json"}
 START_TIMEOUT = 15.0
+# the keys dstack 0.5.5 hosts send, in their order (a real capture: quote-report.json)
+VM_CONFIG_KEYS = [
+    "spec_version",
+    "os_image_hash",
+    "cpu_count",
+    "memory_size",
+    "qemu_single_pass_add_pages",
+    "pic",
+    "pci_hole64_size",
+    "num_gpus",
+    "num_nvswitches",
+    "hugepages",
+    "hotplug_off",
+    "qemu_version",
+]
 
 
 @pytest.fixture
@@ -230,9 +245,10 @@ async def test_quote_event_log_and_info_agree(sock_dir: Path, fmt: str) -> None:
         "instance-id",
         "boot-mr-done",
         "key-provider",
+        "storage-fs",
         "system-ready",
     ]
-    facts = app_facts(events)
+    facts = read_boot_record(events)
     digest = hashlib.sha256(compose).digest()
     tcb = json.loads(document["tcb_info"])
     assert facts.compose_hash == digest == decode_mr_config_id(quote.report.mr_config_id)
@@ -242,6 +258,10 @@ async def test_quote_event_log_and_info_agree(sock_dir: Path, fmt: str) -> None:
     assert facts.instance_id == bytes.fromhex(document["instance_id"])
     assert len(facts.instance_id or b"") == 20
     assert document["key_provider_info"] == facts.key_provider == '{"name":"none","id":""}'
+    assert facts.app_events == ()
+    vm_config = json.loads(answer["vm_config"])
+    assert list(vm_config) == VM_CONFIG_KEYS
+    assert vm_config["os_image_hash"] == document["os_image_hash"]
     assert document["app_name"] == json.loads(compose)["name"] == "oauth3"
     assert tcb["mrtd"] == quote.report.mr_td.hex()
     assert [tcb[f"rtmr{i}"] for i in range(4)] == [r.hex() for r in quote.report.rtmr]
@@ -534,3 +554,8 @@ async def test_dcap_dir_and_pccs_let_clients_verify_the_full_chain(sock_dir: Pat
     assert report.status == "UpToDate"
     assert json.loads(collateral_text := (dcap_dir / "collateral.json").read_text())
     assert tcb["tcbInfo"] == json.loads(json.loads(collateral_text)["tcb_info"])
+
+
+def test_vm_config_has_the_keys_of_a_real_capture(vectors: Path) -> None:
+    report = json.loads((vectors / "dstack-head/verifier-fixtures/quote-report.json").read_text())
+    assert list(json.loads(report["vm_config"])) == VM_CONFIG_KEYS

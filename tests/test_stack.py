@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -125,6 +126,20 @@ def test_make_run_command_end_to_end() -> None:
                 process.wait()
 
 
+def verify_command(banner: str) -> list[str]:
+    """The oauth3-verify command line the banner prints, run with this interpreter."""
+    lines = banner.splitlines()
+    start = next(i for i, line in enumerate(lines) if "oauth3-verify" in line)
+    text = ""
+    for line in lines[start:]:
+        text += line.rstrip("\\").rstrip() + " "
+        if not line.endswith("\\"):
+            break
+    words = shlex.split(text)
+    assert words[0] == ".venv/bin/oauth3-verify", words
+    return [sys.executable, "-m", "oauth3.verifier.cli", *words[1:]]
+
+
 def check_running_stack(process: subprocess.Popen[bytes], port: int, run_dir: Path) -> None:
     assert process.stdout is not None
     assert process.stderr is not None
@@ -133,8 +148,13 @@ def check_running_stack(process: subprocess.Popen[bytes], port: int, run_dir: Pa
     while "Ctrl-C" not in banner:
         banner += process.stdout.readline().decode()
     rendered = render(MANIFEST.read_bytes())
-    assert f"--expect-compose-hash {rendered.compose_hash.hex()}" in banner
+    assert f"--policy {run_dir / 'policy.toml'}" in banner
+    assert rendered.compose_hash.hex() in (run_dir / "policy.toml").read_text()
     assert (run_dir / "app-compose.json").read_bytes() == rendered.app_compose
+    # the verify command make run prints verifies the local stack, exit 0
+    verified = subprocess.run(verify_command(banner), capture_output=True, timeout=60, check=False)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert verified.stdout.decode().splitlines()[-1].startswith("SIMULATED (exit 0)")
     info = subprocess.run(
         ["curl", "-sf", f"http://127.0.0.1:{port}/info"], capture_output=True, check=True
     ).stdout

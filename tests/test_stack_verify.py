@@ -33,6 +33,12 @@ def rendered_compose_hash() -> str:
 
 
 def mock_root(stack: RunningStack) -> list[str]:
+    """The policy make run writes: mock root, compose hash and platform of this stack."""
+    return ["--policy", str(stack.paths.policy)]
+
+
+def root_only(stack: RunningStack) -> list[str]:
+    """Only the mock root: nothing pins the app or the platform."""
     return ["--root-ca", str(stack.paths.dcap_dir / "root-ca.der")]
 
 
@@ -70,12 +76,17 @@ async def test_without_mock_root_hardware_fails(stack: RunningStack) -> None:
 
 
 async def test_expected_compose_hash(stack: RunningStack) -> None:
-    good = rendered_compose_hash()
-    base = [stack.base_url, *SIMULATED, *mock_root(stack), *collateral(stack)]
-    assert (await verify([*base, "--expect-compose-hash", good]))[0] == 0
-    code, report = await verify([*base, "--expect-compose-hash", "ab" * 32])
+    unpinned = [stack.base_url, *SIMULATED, *root_only(stack), *collateral(stack)]
+    code, report = await verify(unpinned)
+    assert (code, report["verdict"]) == (3, "UNPINNED")
+    code, report = await verify([*unpinned, "--expect-compose-hash", "ab" * 32])
     assert code == 16
     assert not step(report, "compose")["ok"]
+    pinned = [stack.base_url, *SIMULATED, *mock_root(stack), *collateral(stack)]
+    assert (await verify(pinned))[0] == 0
+    code, report = await verify([*pinned, "--expect-compose-hash", rendered_compose_hash()])
+    assert code == 2
+    assert "pinned both" in report["error"]
 
 
 @asynccontextmanager
@@ -131,7 +142,7 @@ async def test_saved_bundle_with_a_flipped_byte_fails_hardware(
     saved = tmp_path / "bundle.json"
     args = [*SIMULATED, *mock_root(stack), *collateral(stack)]
     assert (await verify([stack.base_url, *args, "--save-bundle", str(saved)]))[0] == 0
-    assert (await verify(["--bundle", str(saved), *args]))[0] == 0
+    assert (await verify(["--bundle", str(saved), *args]))[0] == 5  # offline: not fresh
     bundle = orjson.loads(saved.read_bytes())
     quote = bytearray(base64.b64decode(bundle["attestation"]["quote"]))
     quote[568 + 40] ^= 0x01  # inside report_data[32:64], the nonce half
@@ -154,7 +165,7 @@ async def test_saved_bundle_with_a_flipped_byte_fails_hardware(
             },
             12,
             "SWHardeningNeeded",
-            0,
+            12,
         ),
         ({"OAUTH3_SIM_REVOKED_PCK": "1"}, 11, "OutOfDate", 11),
     ],
@@ -176,6 +187,10 @@ async def test_tcb_policy_on_a_real_stack(
         assert code == allowed_code, report
         if "OAUTH3_SIM_ADVISORY_IDS" in env:
             assert report["advisory_ids"] == ["INTEL-SA-00837"]
+            code, report = await verify(
+                [*args, "--allow-tcb", allow, "--allow-advisory", "INTEL-SA-00837"]
+            )
+            assert code == 0, report
 
 
 async def test_collateral_past_its_validity_fails(stack: RunningStack) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import subprocess
@@ -16,7 +17,10 @@ from oauth3.attestation import dump_event_log, parse_event_log, stripped
 from oauth3.verifier import steps
 from oauth3.verifier.cli import run
 from oauth3.verifier.collateral import load_collateral
-from oauth3.verifier.steps import Evidence, Policy, Step, verify_evidence
+from oauth3.verifier.policy import Policy
+from oauth3.verifier.steps import Evidence, VerifyOptions, verify_evidence
+from oauth3.verifier.verdict import EXIT_CODES, Step
+from tests.verifycli import pins_for
 
 REPORT = "dstack-head/verifier-fixtures/quote-report.json"
 OUTDATED_COLLATERAL = "dcap-qvl/sample/tdx_quote_outdated_collateral.json"
@@ -39,7 +43,16 @@ def step(doc: dict[str, Any], name: str) -> dict[str, Any]:
     return found
 
 
-def report_args(vectors: Path, quote_file: Path | None = None, at: str = INSIDE) -> list[str]:
+def report_quote(vectors: Path) -> bytes:
+    return bytes.fromhex(json.loads((vectors / REPORT).read_text())["quote"])
+
+
+def report_args(
+    vectors: Path, quote_file: Path | None = None, at: str = INSIDE, pinned: bool = True
+) -> list[str]:
+    """Check the real 0.5.x quote at a time its collateral covers, pinned to its own app and
+    platform (what a relying party would have pinned for that deployment)."""
+    pins = pins_for(report_quote(vectors), COMPOSE_HASH) if pinned else []
     return [
         "--dstack-quote",
         str(quote_file or vectors / REPORT),
@@ -47,6 +60,7 @@ def report_args(vectors: Path, quote_file: Path | None = None, at: str = INSIDE)
         str(vectors / OUTDATED_COLLATERAL),
         "--at",
         at,
+        *pins,
     ]
 
 
@@ -58,11 +72,10 @@ def write_report(tmp_path: Path, vectors: Path, **changes: Any) -> Path:
     return path
 
 
-def test_real_quote_inside_window_verifies(vectors: Path) -> None:
+def test_real_quote_inside_window_passes_every_check_but_freshness(vectors: Path) -> None:
     code, doc = verify_json(report_args(vectors))
-    assert code == 0
-    assert doc["verdict"] == "VERIFIED"
-    assert doc["exit_code"] == 0
+    # a bare quote carries no nonce of ours: everything holds, and it says so with exit 5
+    assert (code, doc["verdict"]) == (5, "NOT_FRESH")
     assert [s["name"] for s in doc["steps"]] == [str(s) for s in Step]
     hardware = step(doc, "hardware")
     assert hardware["ok"] is True
@@ -73,26 +86,45 @@ def test_real_quote_inside_window_verifies(vectors: Path) -> None:
         "2026-02-18T10:58:51Z",
         "2026-03-20T10:41:15Z",
     )
-    assert step(doc, "event_log")["ok"] is True
+    for name in ("quote", "simulated", "tcb_policy", "platform", "event_log", "compose"):
+        assert step(doc, name)["ok"] is True, step(doc, name)
     assert step(doc, "simulated")["details"]["intel_root"] is True
     assert step(doc, "info_binding")["outcome"] == "not_applicable"
-    assert step(doc, "nonce")["ok"] is None
+    assert step(doc, "nonce")["outcome"] == "not_fresh"
+    assert doc["gaps"] == [f"nonce: {step(doc, 'nonce')['reason']}"]
     assert doc["report_data"] == "1234" + "00" * 62
     assert doc["tcb_status"] == "UpToDate"
     assert doc["compose_hash"] == COMPOSE_HASH
     assert doc["app_id"] == APP_ID
+    assert doc["collateral"]["tcb_evaluation_data_number"] == 18
+    assert doc["collateral"]["quote_sha256"] == hashlib.sha256(report_quote(vectors)).hexdigest()
+    events = step(doc, "event_log")["details"]
+    assert events["app_events"] == [
+        {"event": "LIUM_MINER_HOTKEY", "payload": events["app_events"][0]["payload"]}
+    ]
+
+
+def test_without_expectations_it_is_unpinned_never_zero(vectors: Path) -> None:
+    code, doc = verify_json(report_args(vectors, pinned=False))
+    assert (code, doc["verdict"]) == (3, "UNPINNED")
+    assert step(doc, "compose")["outcome"] == "unpinned"
+    assert step(doc, "platform")["outcome"] == "unpinned"
+    assert "nothing pins" in step(doc, "compose")["reason"]
+    assert step(doc, "hardware")["ok"] is True
 
 
 def test_unix_seconds_are_accepted_for_at(vectors: Path) -> None:
-    code, doc = verify_json([*report_args(vectors)[:-1], "1774003274"])
-    assert code == 0
+    args = report_args(vectors)
+    args[args.index(INSIDE)] = "1774003274"
+    code, doc = verify_json(args)
+    assert code == 5
     assert doc["checked_at"] == INSIDE
 
 
 @pytest.mark.parametrize("at", [AFTER, BEFORE, "2030-01-01T00:00:00+02:00"])
 def test_real_quote_outside_window_fails_hardware(vectors: Path, at: str) -> None:
     code, doc = verify_json(report_args(vectors, at=at))
-    assert code == steps.EXIT_CODES[Step.HARDWARE] == 11
+    assert code == EXIT_CODES[Step.HARDWARE] == 11
     assert doc["verdict"] == "FAILED"
     assert step(doc, "hardware")["ok"] is False
     assert step(doc, "tcb_policy")["ok"] is False
@@ -117,7 +149,7 @@ def test_dcap_sample_quote_at_pinned_time(vectors: Path) -> None:
     # a bare raw quote has no event log: the code is unchecked, so the verdict is not a pass
     assert step(doc, "event_log")["ok"] is False
     assert "no event log" in step(doc, "event_log")["reason"]
-    assert code == steps.EXIT_CODES[Step.EVENT_LOG]
+    assert code == EXIT_CODES[Step.EVENT_LOG]
 
 
 def test_flipped_report_data_byte_fails_hardware(vectors: Path, tmp_path: Path) -> None:
@@ -177,19 +209,21 @@ def test_stripped_event_log_is_accepted(vectors: Path, tmp_path: Path) -> None:
     assert light != doc["event_log"]
     path = write_report(tmp_path, vectors, event_log=light)
     code, out = verify_json(report_args(vectors, path))
-    assert code == 0, out
+    assert code == 5, out
+    assert step(out, "event_log")["ok"] is True
     assert out["compose_hash"] == COMPOSE_HASH
 
 
 def test_expected_compose_hash_and_app_id(vectors: Path) -> None:
-    good = ["--expect-compose-hash", COMPOSE_HASH, "--expect-app-id", APP_ID]
-    code, doc = verify_json([*report_args(vectors), *good])
-    assert code == 0
-    assert "--expect-compose-hash" in step(doc, "compose")["reason"]
-    wrong_hash = ["--expect-compose-hash", "00" * 32]
-    code, doc = verify_json([*report_args(vectors), *wrong_hash])
+    code, doc = verify_json([*report_args(vectors), "--expect-app-id", APP_ID])
+    assert code == 5
+    assert step(doc, "compose")["ok"] is True
+    assert "app id pinned" in step(doc, "compose")["reason"]
+    unpinned = report_args(vectors, pinned=False)
+    code, doc = verify_json([*unpinned, "--expect-compose-hash", "00" * 32])
     assert code == 16
     assert doc["verdict"] == "FAILED"
+    assert "not one you pinned" in step(doc, "compose")["reason"]
     code, doc = verify_json([*report_args(vectors), "--expect-app-id", "ab" * 20])
     assert code == 16
     assert "app id" in step(doc, "compose")["reason"]
@@ -201,23 +235,27 @@ def test_tcb_policy_rejects_what_is_not_allowed(vectors: Path) -> None:
     doc = json.loads((vectors / REPORT).read_text())
     evidence = Evidence(quote=quote, event_log=doc["event_log"])
     at = 1774003274
-    strict = verify_evidence(evidence, Policy(at=at, allowed_tcb=frozenset()), collateral)
+    nothing = VerifyOptions(at=at, policy=Policy(allowed_tcb=frozenset()))
+    strict = verify_evidence(evidence, nothing, collateral)
     assert strict.exit_code == 12
     assert strict.first_failure is not None
     assert strict.first_failure.name is Step.TCB_POLICY
-    assert verify_evidence(evidence, Policy(at=at), collateral).exit_code == 0
+    assert verify_evidence(evidence, VerifyOptions(at=at), collateral).tcb_status == "UpToDate"
+    assert step(
+        verify_evidence(evidence, VerifyOptions(at=at), collateral).as_json(), "tcb_policy"
+    )["ok"]
 
 
-def test_skip_dcap_is_partial_and_loud(vectors: Path) -> None:
-    args = ["--dstack-quote", str(vectors / REPORT), "--skip-dcap"]
+def test_skip_dcap_is_partial_and_never_zero(vectors: Path) -> None:
+    args = [*report_args(vectors), "--skip-dcap"]
     out = io.StringIO()
-    assert run(args, out) == 0
+    assert run(args, out) == 4
     text = out.getvalue()
-    assert "PARTIAL: hardware not checked" in text
+    assert "PARTIAL (exit 4)" in text
     assert "VERIFIED" not in text
     assert "NOT CHECKED" in text
     code, doc = verify_json(args)
-    assert (code, doc["verdict"], doc["hardware_checked"]) == (0, "PARTIAL", False)
+    assert (code, doc["verdict"], doc["hardware_checked"]) == (4, "PARTIAL", False)
     assert step(doc, "hardware")["outcome"] == "skipped"
 
 
@@ -280,8 +318,8 @@ def test_console_script_exit_codes(vectors: Path, tmp_path: Path) -> None:
     ok = subprocess.run(
         [*command, *report_args(vectors)], capture_output=True, timeout=60, check=False
     )
-    assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.decode().rstrip().endswith("VERIFIED")
+    assert ok.returncode == 5, ok.stderr
+    assert ok.stdout.decode().splitlines()[-1].startswith("NOT_FRESH (exit 5)")
     late = subprocess.run(
         [*command, *report_args(vectors, at=AFTER)], capture_output=True, timeout=60, check=False
     )
@@ -298,29 +336,31 @@ def test_console_script_exit_codes(vectors: Path, tmp_path: Path) -> None:
     assert usage.stderr.count(b"\n") == 1
 
 
-def _chain(*, sha: bytes, self_signed: bool, names_simulator: bool) -> steps.ChainFacts:
-    return steps.ChainFacts(("CN=x",), sha, self_signed, names_simulator)
+def test_simulated_classification(vectors: Path) -> None:
+    intel_der = (vectors / "dcap-qvl/TrustedRootCA.der").read_bytes()
 
+    def chain(der: bytes, *, self_signed: bool, names_simulator: bool) -> steps.ChainFacts:
+        return steps.ChainFacts(("CN=x",), der, self_signed, names_simulator)
 
-def test_simulated_classification() -> None:
-    policy = Policy(at=0)
-    pinned = Policy(at=0, allow_simulated=True, root_ca_der=b"root")
-    intel = _chain(sha=steps.INTEL_ROOT_CA_SHA256, self_signed=True, names_simulator=False)
-    other_root = _chain(sha=bytes(32), self_signed=True, names_simulator=False)
-    no_root = _chain(sha=bytes(32), self_signed=False, names_simulator=False)
-    named = _chain(sha=steps.INTEL_ROOT_CA_SHA256, self_signed=True, names_simulator=True)
-    assert not steps.is_simulated(intel, policy)
+    plain = VerifyOptions(at=0)
+    pinned = VerifyOptions(at=0, allow_simulated=True, root_ca_der=b"root")
+    intel = chain(intel_der, self_signed=True, names_simulator=False)
+    assert intel.intel_rooted
+    other_root = chain(b"another root", self_signed=True, names_simulator=False)
+    no_root = chain(b"an intermediate", self_signed=False, names_simulator=False)
+    named = chain(intel_der, self_signed=True, names_simulator=True)
+    assert not steps.is_simulated(intel, plain)
     assert not steps.is_simulated(intel, pinned)
-    assert steps.is_simulated(other_root, policy)
-    assert steps.is_simulated(named, policy)
+    assert steps.is_simulated(other_root, plain)
+    assert steps.is_simulated(named, plain)
     # a chain that stops below its root is judged by the DCAP check against Intel's root,
     # unless the pinned root is what verifies it
-    assert not steps.is_simulated(no_root, policy)
+    assert not steps.is_simulated(no_root, plain)
     assert steps.is_simulated(no_root, pinned)
 
 
 def test_pinned_root_is_never_used_for_intel_quotes(vectors: Path) -> None:
     pinned = ["--allow-simulated", "--root-ca", str(vectors / "dcap-qvl/TrustedRootCA.der")]
     code, doc = verify_json([*report_args(vectors), *pinned])
-    assert (code, doc["verdict"], doc["simulated"]) == (0, "VERIFIED", False)
+    assert (code, doc["verdict"], doc["simulated"]) == (5, "NOT_FRESH", False)
     assert step(doc, "hardware")["details"]["root"] == "Intel SGX Root CA"

@@ -31,7 +31,7 @@ from oauth3.attestation import (
 )
 from oauth3.simulator.mockdcap import MockDcap, MockDcapOptions, create_pccs_app
 from oauth3.simulator.quote import build_quote, td_report_body
-from tests.verifycli import step, verify, verify_text
+from tests.verifycli import pins_for, step, verify, verify_text
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 INFO = orjson.dumps(
@@ -59,6 +59,7 @@ def event_log(compose_hash: bytes = COMPOSE_HASH) -> list[Event]:
         runtime("compose-hash", compose_hash),
         runtime("instance-id", bytes(range(20))),
         runtime("boot-mr-done", b""),
+        runtime("key-provider", b'{"name":"none","id":""}'),
         runtime("system-ready", b""),
     ]
 
@@ -126,7 +127,12 @@ class Stack:
     root_ca: Path
     collateral: Path
 
-    def simulated_args(self, *extra: str) -> list[str]:
+    def pins(self) -> list[str]:
+        """Flags pinning this fake CVM's app and platform."""
+        quote = base64.b64decode(self.service.attestation(None)["quote"])
+        return pins_for(quote, COMPOSE_HASH.hex())
+
+    def simulated_args(self, *extra: str, pinned: bool = True) -> list[str]:
         return [
             self.url,
             "--allow-simulated",
@@ -134,6 +140,7 @@ class Stack:
             str(self.root_ca),
             "--collateral",
             str(self.collateral),
+            *(self.pins() if pinned else []),
             *extra,
         ]
 
@@ -163,14 +170,15 @@ async def test_allowed_simulated_quote_is_simulated(stack: Stack) -> None:
     assert code == 0, doc
     assert doc["verdict"] == "SIMULATED"
     assert all(s["ok"] is True for s in doc["steps"])
-    assert step(doc, "hardware")["details"]["root"] == "pinned (--root-ca)"
+    assert step(doc, "hardware")["details"]["root"] == "pinned mock root (--root-ca)"
     assert doc["compose_hash"] == COMPOSE_HASH.hex()
     sent = stack.service.served[-1]["nonce"]
     assert sent is not None
     assert doc["report_data"] == info_digest(INFO).hex() + sent
     code, text = await verify_text(stack.simulated_args())
     assert code == 0
-    assert "SIMULATED: not Intel hardware" in text
+    assert "simulated: not Intel hardware" in text
+    assert text.splitlines()[-1].startswith("SIMULATED (exit 0)")
     assert "VERIFIED" not in text
 
 
@@ -193,11 +201,16 @@ async def test_allow_simulated_without_root_ca_still_fails_hardware(stack: Stack
 
 
 async def test_compose_expectations(stack: Stack) -> None:
-    code, _ = await verify(stack.simulated_args("--expect-compose-hash", COMPOSE_HASH.hex()))
+    code, doc = await verify(stack.simulated_args(pinned=False))
+    assert code == 3
+    assert step(doc, "compose")["outcome"] == "unpinned"
+    code, doc = await verify(stack.simulated_args())
     assert code == 0
-    code, doc = await verify(stack.simulated_args("--expect-compose-hash", "11" * 32))
+    assert step(doc, "compose")["ok"] is True
+    wrong = ["--expect-compose-hash", "11" * 32]
+    code, doc = await verify([*stack.simulated_args(pinned=False), *wrong])
     assert code == 16
-    assert "expected" in step(doc, "compose")["reason"]
+    assert "not one you pinned" in step(doc, "compose")["reason"]
 
 
 async def test_mr_config_id_must_match_the_event_log(
@@ -250,9 +263,10 @@ async def test_replayed_response_fails_nonce(stack: Stack, aiohttp_server: Serve
     assert step(doc, "info_binding")["ok"] is True
 
 
-async def test_no_nonce_expects_zeros(stack: Stack) -> None:
+async def test_no_nonce_expects_zeros_and_is_not_fresh(stack: Stack) -> None:
     code, doc = await verify(stack.simulated_args("--nonce", "none"))
-    assert code == 0
+    assert (code, doc["verdict"]) == (5, "NOT_FRESH")
+    assert step(doc, "nonce")["outcome"] == "not_fresh"
     assert doc["report_data"].endswith("00" * 32)
     assert "nonce=" not in str(stack.service.served)
     given = "ab" * 32
@@ -261,7 +275,9 @@ async def test_no_nonce_expects_zeros(stack: Stack) -> None:
     assert doc["report_data"].endswith(given)
 
 
-async def test_saved_bundle_gives_the_same_verdict_offline(stack: Stack, tmp_path: Path) -> None:
+async def test_saved_bundle_repeats_the_check_offline_but_not_freshness(
+    stack: Stack, tmp_path: Path
+) -> None:
     saved = tmp_path / "evidence.json"
     online = await verify(stack.simulated_args("--save-bundle", str(saved)))
     bundle = json.loads(saved.read_bytes())
@@ -269,11 +285,27 @@ async def test_saved_bundle_gives_the_same_verdict_offline(stack: Stack, tmp_pat
     assert bundle["attestation"] == stack.service.served[-1]
     assert bundle["nonce"] == stack.service.served[-1]["nonce"]
     assert bundle["collateral"] is not None
-    offline_args = ["--bundle", str(saved), "--allow-simulated", "--root-ca", str(stack.root_ca)]
+    assert bundle["collateralIdentity"] == online[1]["collateral"]
+    offline_args = [
+        "--bundle",
+        str(saved),
+        "--allow-simulated",
+        "--root-ca",
+        str(stack.root_ca),
+        *stack.pins(),
+    ]
     offline = await verify(offline_args)
-    assert offline[0] == online[0] == 0
-    assert offline[1]["steps"] == online[1]["steps"]
-    assert offline[1]["verdict"] == "SIMULATED"
+    assert online[0] == 0
+    assert (offline[0], offline[1]["verdict"]) == (5, "NOT_FRESH")
+    changed = [
+        (a["name"], a["outcome"], b["outcome"])
+        for a, b in zip(online[1]["steps"], offline[1]["steps"], strict=True)
+        if a != b
+    ]
+    assert changed == [("nonce", "pass", "not_fresh")]
+    assert "recorded in the bundle" in step(offline[1], "nonce")["reason"]
+    assert offline[1]["collateral"] == online[1]["collateral"]
+    assert offline[1]["evidence"]["fetched_at"] == bundle["fetchedAt"]
     assert sorted(os.listdir(tmp_path)) == ["collateral.json", "evidence.json", "root-ca.der"]
 
     bundle["info"] = base64.b64encode(INFO.replace(b"oauth3", b"oauth4")).decode()
@@ -294,7 +326,7 @@ async def test_bundle_pins_collateral_and_time(stack: Stack, tmp_path: Path) -> 
 
 async def test_collateral_from_mock_pccs(stack: Stack, aiohttp_server: ServerFactory) -> None:
     pccs = await aiohttp_server(create_pccs_app(stack.service.dcap))
-    args = [stack.url, "--allow-simulated", "--root-ca", str(stack.root_ca)]
+    args = [stack.url, "--allow-simulated", "--root-ca", str(stack.root_ca), *stack.pins()]
     code, doc = await verify([*args, "--pccs", str(pccs.make_url(""))])
     assert code == 0, doc
     assert step(doc, "hardware")["details"]["status"] == "UpToDate"
@@ -313,15 +345,21 @@ async def test_tcb_policy_widened_explicitly(
     assert step(doc, "hardware")["ok"] is True
     assert doc["tcb_status"] == status
     code, doc = await verify(stack.simulated_args("--allow-tcb", status))
-    assert code == 0
     assert doc["advisory_ids"] == list(advisories)
-
-
-async def test_skip_dcap_with_simulator_is_loud(stack: Stack) -> None:
-    code, text = await verify_text([stack.url, "--allow-simulated", "--skip-dcap"])
+    if advisories:
+        # the status alone is not enough: every advisory must be accepted too
+        assert code == 12
+        assert "advisories INTEL-SA-00837 are not accepted" in step(doc, "tcb_policy")["reason"]
+        accept = [f"--allow-advisory={a}" for a in advisories]
+        code, doc = await verify(stack.simulated_args("--allow-tcb", status, *accept))
     assert code == 0
-    assert "PARTIAL: hardware not checked" in text
-    assert "SIMULATED" in text
+
+
+async def test_skip_dcap_with_simulator_is_partial_never_zero(stack: Stack) -> None:
+    code, text = await verify_text([stack.url, "--allow-simulated", "--skip-dcap", *stack.pins()])
+    assert code == 4
+    assert text.splitlines()[-1].startswith("PARTIAL (exit 4)")
+    assert "simulated: not Intel hardware" in text
 
 
 async def test_service_errors_exit_2(
@@ -335,7 +373,12 @@ async def test_service_errors_exit_2(
     app.router.add_get("/{tail:.*}", unavailable)
     down = await aiohttp_server(app)
     code, doc = await verify([str(down.make_url("")), "--skip-dcap"])
-    assert (code, doc) == (2, {})
+    assert code == 2
+    assert doc == {
+        "verdict": "ERROR",
+        "exit_code": 2,
+        "error": f"GET {down.make_url('/info')}: HTTP 503: Agent unavailable",
+    }
     err = capsys.readouterr().err
     assert "HTTP 503: Agent unavailable" in err
     assert err.count("\n") == 1

@@ -7,6 +7,7 @@ import io
 import json
 from typing import Any
 
+from oauth3.attestation import parse_quote
 from oauth3.verifier.cli import run
 
 
@@ -28,3 +29,16 @@ def step(report: dict[str, Any], name: str) -> dict[str, Any]:
     """One named step of a --json report."""
     found: dict[str, Any] = next(s for s in report["steps"] if s["name"] == name)
     return found
+
+
+def platform_flags(quote: bytes) -> list[str]:
+    """`--expect-mrtd/--expect-rtmr0-2` flags pinning the platform this quote measured."""
+    report = parse_quote(quote).report
+    values = [report.mr_td, *report.rtmr[:3]]
+    names = ["--expect-mrtd", "--expect-rtmr0", "--expect-rtmr1", "--expect-rtmr2"]
+    return [part for name, value in zip(names, values, strict=True) for part in (name, value.hex())]
+
+
+def pins_for(quote: bytes, compose_hash: str) -> list[str]:
+    """Flags pinning both the app (compose hash) and the platform of this quote."""
+    return ["--expect-compose-hash", compose_hash, *platform_flags(quote)]

@@ -13,10 +13,8 @@ from .errors import (
 )
 from .eventlog import (
     RUNTIME_EVENT_TYPE,
-    AppFacts,
     Event,
     Replay,
-    app_facts,
     compare_with_quote,
     dump_event_log,
     event_objects,
@@ -25,6 +23,7 @@ from .eventlog import (
     parse_event_log,
     replay_rtmrs,
     runtime_event_digest,
+    runtime_event_preimage,
     stripped,
 )
 from .evidence import Evidence, evidence_from_document, load_evidence
@@ -37,12 +36,13 @@ from .report_data import (
     read_report_data,
     report_data_for,
 )
+from .rtmr3 import BootRecord, read_boot_record
 
 __all__ = [
     "LAYOUT",
     "RUNTIME_EVENT_TYPE",
-    "AppFacts",
     "AttestationError",
+    "BootRecord",
     "BoundReportData",
     "Event",
     "EventLogError",
@@ -55,7 +55,6 @@ __all__ = [
     "ReportDataError",
     "SignatureData",
     "TdReport",
-    "app_facts",
     "app_id_without_kms",
     "compare_with_quote",
     "compose_hash",
@@ -71,9 +70,11 @@ __all__ = [
     "parse_event_log",
     "parse_nonce",
     "parse_quote",
+    "read_boot_record",
     "read_report_data",
     "replay_rtmrs",
     "report_data_for",
     "runtime_event_digest",
+    "runtime_event_preimage",
     "stripped",
 ]

@@ -62,42 +62,40 @@ class Replay:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class AppFacts:
-    """What the dstack OS measured into RTMR3 before `system-ready`."""
-
-    app_id: bytes | None
-    compose_hash: bytes | None
-    instance_id: bytes | None
-    key_provider: str | None
-    os_image_hash: bytes | None
-    system_ready: bool
-
-
-def runtime_event_digest(name: str, payload: bytes) -> bytes:
-    """V1 runtime digest: SHA-384(le32(0x08000001) ‖ ':' ‖ name ‖ ':' ‖ payload)."""
-    preimage = RUNTIME_EVENT_TYPE.to_bytes(4, "little") + b":" + name.encode() + b":" + payload
-    return hashlib.sha384(preimage).digest()
+def runtime_event_preimage(name: str, payload: bytes, version: int | None = None) -> bytes:
+    """The exact bytes a runtime event's digest hashes. V1 (no version, or 1):
+    le32(0x08000001) ‖ ':' ‖ name ‖ ':' ‖ payload. V2: the RFC 8785 (JCS) JSON text of
+    {"name", "payload" (hex), "type"}; for these string and integer values JCS is sorted keys,
+    no whitespace, UTF-8 with only quote, backslash and control characters escaped."""
+    if version in (None, 1):
+        return RUNTIME_EVENT_TYPE.to_bytes(4, "little") + b":" + name.encode() + b":" + payload
+    if version == 2:
+        doc = {"name": name, "payload": payload.hex(), "type": RUNTIME_EVENT_TYPE}
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    raise EventLogError(f"runtime event version {version} is unknown (dstack knows 1 and 2)")
 
 
-def runtime_event_digest_v2(name: str, payload: bytes) -> bytes:
-    """V2 runtime digest: SHA-384 of the JCS form of {name, payload (hex), type}."""
-    doc = {"name": name, "payload": payload.hex(), "type": RUNTIME_EVENT_TYPE}
-    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha384(canonical.encode()).digest()
+def runtime_event_digest(name: str, payload: bytes, version: int | None = None) -> bytes:
+    """SHA-384 of `runtime_event_preimage`: what a runtime event extends RTMR3 with."""
+    return hashlib.sha384(runtime_event_preimage(name, payload, version)).digest()
 
 
 def measured_digest(event: Event, index: int = 0) -> bytes:
-    """The 48 bytes this event extended its RTMR with; runtime digests are recomputed."""
+    """The 48 bytes this event extended its RTMR with. Runtime digests are always recomputed
+    from name and payload; a recorded digest or preimage must agree (V2 events must carry
+    their preimage, as dstack sends it)."""
     if event.is_runtime:
-        if event.version == 2:
-            computed = runtime_event_digest_v2(event.event, event.event_payload)
-        else:
-            computed = runtime_event_digest(event.event, event.event_payload)
+        preimage = runtime_event_preimage(event.event, event.event_payload, event.version)
+        where = f"event {index} ({event.event!r}, RTMR{event.imr})"
+        if event.version == 2 and event.preimage is None:
+            raise EventLogError(f"{where} is a V2 runtime event without its preimage")
+        if event.preimage is not None and event.preimage != preimage:
+            raise EventLogError(f"{where}: recorded preimage is not the event's canonical form")
+        computed = hashlib.sha384(preimage).digest()
         if event.digest and event.digest != computed:
             raise EventLogError(
-                f"event {index} ({event.event!r}, RTMR{event.imr}): recorded digest "
-                f"{event.digest.hex()[:16]}… does not match its content ({computed.hex()[:16]}…)"
+                f"{where}: recorded digest {event.digest.hex()[:16]}… does not match its "
+                f"content ({computed.hex()[:16]}…)"
             )
         return computed
     if len(event.digest) != RTMR_SIZE:
@@ -217,25 +215,3 @@ def compare_with_quote(events: Sequence[Event], quote_rtmrs: Sequence[bytes]) ->
     if len(quote_rtmrs) != RTMR_COUNT:
         raise EventLogError(f"expected {RTMR_COUNT} RTMR values, got {len(quote_rtmrs)}")
     return Replay(replayed=replay_rtmrs(events), expected=tuple(quote_rtmrs))
-
-
-def app_facts(events: Sequence[Event]) -> AppFacts:
-    """The app identity recorded in RTMR3 before `system-ready` (later events are app-emitted)."""
-    found: dict[str, bytes] = {}
-    ready = False
-    for event in events:
-        if not event.is_runtime or event.imr != 3:
-            continue
-        if event.event == BOOT_DONE_EVENT:
-            ready = True
-            break
-        found.setdefault(event.event, event.event_payload)
-    key_provider = found.get("key-provider")
-    return AppFacts(
-        app_id=found.get("app-id"),
-        compose_hash=found.get("compose-hash"),
-        instance_id=found.get("instance-id"),
-        key_provider=key_provider.decode(errors="replace") if key_provider is not None else None,
-        os_image_hash=found.get("os-image-hash"),
-        system_ready=ready,
-    )

@@ -9,20 +9,39 @@ import orjson
 
 from oauth3.attestation import (
     AttestationError,
+    EventLogError,
     Evidence,
-    app_facts,
     compare_with_quote,
     decode_mr_config_id,
     load_evidence,
     parse_event_log,
     parse_quote,
 )
+from oauth3.attestation.rtmr3 import read_boot_record
 
 from . import OneLineParser, fail, read_input
 
 
 def _hex_or_none(value: bytes | None) -> str | None:
     return value.hex() if value is not None else None
+
+
+def _rtmr3(events: list[Any]) -> dict[str, Any]:
+    """The OS facts under dstack's RTMR3 rules, or why the log breaks them (facts then null)."""
+    try:
+        boot = read_boot_record(events)
+    except EventLogError as exc:
+        return {"rtmr3_error": str(exc), "app_id": None, "compose_hash": None}
+    return {
+        "rtmr3_error": None,
+        "app_id": boot.app_id.hex(),
+        "compose_hash": boot.compose_hash.hex(),
+        "instance_id": _hex_or_none(boot.instance_id),
+        "key_provider": boot.key_provider,
+        "os_image_hash": _hex_or_none(boot.os_image_hash),
+        "os_events": boot.names,
+        "app_events": [e.event for e in boot.app_events],
+    }
 
 
 def describe(evidence: Evidence, event_log_text: str | None = None) -> dict[str, Any]:
@@ -53,17 +72,11 @@ def describe(evidence: Evidence, event_log_text: str | None = None) -> dict[str,
     if text is not None:
         events = parse_event_log(text)
         replay = compare_with_quote(events, report.rtmr)
-        facts = app_facts(events)
         log_info = {
             "events": len(events),
             "replayed_rtmr": [r.hex() for r in replay.replayed],
             "rtmr_match": list(replay.matches),
-            "app_id": _hex_or_none(facts.app_id),
-            "compose_hash": _hex_or_none(facts.compose_hash),
-            "instance_id": _hex_or_none(facts.instance_id),
-            "key_provider": facts.key_provider,
-            "os_image_hash": _hex_or_none(facts.os_image_hash),
-            "system_ready": facts.system_ready,
+            **_rtmr3(events),
         }
     declared = evidence.report_data
     return {

@@ -98,6 +98,9 @@ def main(argv: list[str] | None = None) -> None:
         wrong_report_data_rate=settings.wrong_report_data_rate,
         dcap_dir=str(settings.dcap_dir) if settings.dcap_dir else None,
         pccs_port=settings.pccs_port or None,
+        attacks=sorted(settings.variant.attacks) or None,
+        emitted_events=[name for name, _ in settings.variant.emitted] or None,
+        runtime_event_version=settings.variant.runtime_event_version,
     )
     try:
         asyncio.run(_run(app, settings))

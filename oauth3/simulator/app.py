@@ -225,7 +225,7 @@ async def log_requests(request: web.Request, handler: Handler) -> web.StreamResp
 def create_app(settings: SimulatorSettings, *, now: datetime | None = None) -> web.Application:
     """Build the simulated CVM (once) and the agent app; `now` dates the mock DCAP collateral."""
     dcap = MockDcap(settings.seed, now or datetime.now(UTC), settings.dcap)
-    cvm = build_cvm(settings.app_compose, settings.seed, dcap.signer)
+    cvm = build_cvm(settings.app_compose, settings.seed, dcap.signer, settings.variant)
     app = web.Application(middlewares=[log_requests], client_max_size=MAX_BODY_BYTES)
     app[DCAP] = dcap
     app[CVM] = cvm

@@ -496,8 +496,8 @@ async def _pck_crl(request: web.Request) -> web.Response:
     encoding = request.query.get("encoding", "pem")
     if ca not in ("platform", "processor") or encoding not in ("pem", "der"):
         raise web.HTTPBadRequest(text="ca must be platform|processor, encoding pem|der")
-    if ca != "platform":
-        raise web.HTTPNotFound(text="this simulated platform has only a Platform CA")
+    # one PCK CA issues every simulated PCK certificate; clients that cannot tell which CA a
+    # mock leaf names (they default to `processor`) get the CRL that really covers it
     headers = _chain_header(ISSUER_CHAIN_HEADER_PCK_CRL, dcap.pck_crl_issuer_chain)
     if encoding == "der":
         return web.Response(

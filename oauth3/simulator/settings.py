@@ -16,7 +16,7 @@ from oauth3.envconfig import ConfigError
 from oauth3.logs import valid_level
 
 from .mockdcap import MockDcapOptions
-from .state import EVENT_LOG_FORMATS, EventLogFormat
+from .state import ATTACKS, EVENT_LOG_FORMATS, CvmVariant, EventLogFormat
 
 DEFAULT_SEED = "oauth3-simulator"
 DEFAULT_APP_COMPOSE = "default-app-compose.json"
@@ -39,8 +39,12 @@ ENVIRONMENT = {
     "advisory_ids": "OAUTH3_SIM_ADVISORY_IDS",
     "revoked_pck": "OAUTH3_SIM_REVOKED_PCK",
     "collateral_validity_s": "OAUTH3_SIM_COLLATERAL_VALIDITY_S",
+    "runtime_events": "OAUTH3_SIM_RUNTIME_EVENTS",
+    "emit_event": "OAUTH3_SIM_EMIT_EVENTS",
+    "attack": "OAUTH3_SIM_ATTACKS",
     "log_level": "OAUTH3_LOG_LEVEL",
 }
+MAX_EMITTED_EVENTS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +64,7 @@ class SimulatorSettings:
     pccs_port: int = 0
     log_level: str = "info"
     dcap: MockDcapOptions = field(default_factory=MockDcapOptions)
+    variant: CvmVariant = field(default_factory=CvmVariant)
     socket_mode: int = 0o666
     stall_seconds: float = 3600.0
 
@@ -153,6 +158,25 @@ def parser(prog: str, parser_class: type[argparse.ArgumentParser]) -> argparse.A
         help="seconds the collateral stays valid after start (default 30 days) "
         f"[{env['collateral_validity_s']}]",
     )
+    cli.add_argument(
+        "--runtime-events",
+        choices=("1", "2"),
+        help=f"RTMR3 digest format: 1 (OS 0.5) or 2 (JCS, OS 0.6) [{env['runtime_events']}]",
+    )
+    cli.add_argument(
+        "--emit-event",
+        metavar="NAME=HEX",
+        action="append",
+        help="an event the app emitted after boot (repeatable) "
+        f"[{env['emit_event']}, comma-separated]",
+    )
+    cli.add_argument(
+        "--attack",
+        choices=ATTACKS,
+        action="append",
+        help="play an attack a verifier must refuse (repeatable) "
+        f"[{env['attack']}, comma-separated]",
+    )
     cli.add_argument("--log-level", help=f"debug, info or warning [{env['log_level']}]")
     cli.add_argument(
         "--healthcheck",
@@ -218,6 +242,43 @@ def _dcap_options(args: argparse.Namespace, env: Mapping[str, str]) -> MockDcapO
     )
 
 
+def _listed(args: argparse.Namespace, env: Mapping[str, str], name: str) -> list[tuple[str, str]]:
+    """Values of a repeatable option (or its comma-separated variable), each with its origin."""
+    given = getattr(args, name)
+    if given:
+        return [(value, "--" + name.replace("_", "-")) for value in given]
+    variable = ENVIRONMENT[name]
+    return [(v.strip(), variable) for v in env.get(variable, "").split(",") if v.strip()]
+
+
+def _variant(args: argparse.Namespace, env: Mapping[str, str]) -> CvmVariant:
+    attacks = []
+    for value, origin in _listed(args, env, "attack"):
+        if value not in ATTACKS:
+            raise ConfigError(f"{origin}: {value!r} is not one of {', '.join(ATTACKS)}")
+        attacks.append(value)
+    emitted = []
+    for value, origin in _listed(args, env, "emit_event"):
+        name, sep, payload = value.partition("=")
+        try:
+            decoded = bytes.fromhex(payload)
+        except ValueError:
+            decoded = None
+        if not sep or not name or decoded is None:
+            raise ConfigError(f"{origin}: {value!r} is not NAME=HEX")
+        emitted.append((name, decoded))
+    if len(emitted) > MAX_EMITTED_EVENTS:
+        raise ConfigError(f"at most {MAX_EMITTED_EVENTS} emitted events")
+    version = _pick(args, env, "runtime_events")
+    if version is not None and version[0] not in ("1", "2"):
+        raise ConfigError(f"{version[1]} must be 1 or 2, got {version[0]!r}")
+    return CvmVariant(
+        attacks=frozenset(attacks),
+        emitted=tuple(emitted),
+        runtime_event_version=2 if version is not None and version[0] == "2" else 1,
+    )
+
+
 def default_app_compose() -> bytes:
     """The packaged app-compose describing oauth3 itself (sidecar + service)."""
     return resources.files("oauth3.simulator").joinpath(DEFAULT_APP_COMPOSE).read_bytes()
@@ -260,6 +321,7 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str]) -> SimulatorSett
             pccs_port=_integer(_pick(args, env, "pccs_port"), 0, 65535),
             log_level=valid_level(log_level[0]) if log_level is not None else "info",
             dcap=_dcap_options(args, env),
+            variant=_variant(args, env),
         )
     except ValueError as exc:
         if isinstance(exc, ConfigError):

@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, get_args
 
 import orjson
 
@@ -25,15 +25,22 @@ from oauth3.attestation import (
     event_objects,
     mr_config_id_v1,
     replay_rtmrs,
-    runtime_event_digest,
+    runtime_event_preimage,
     stripped,
 )
-from oauth3.simulator.quote import QuoteSigner, build_quote, td_report_body
+from oauth3.attestation.dstack_os import a_dev_release
+from oauth3.simulator.quote import DEFAULT_TD_ATTRIBUTES, QuoteSigner, build_quote, td_report_body
 
 from .wire import RpcError
 
 EventLogFormat = Literal["full", "stripped"]
 EVENT_LOG_FORMATS: tuple[EventLogFormat, ...] = ("full", "stripped")
+Attack = Literal["debug-td", "retyped-os-events", "dev-os", "other-mrtd"]
+ATTACKS: tuple[Attack, ...] = get_args(Attack)
+RuntimeEventVersion = Literal[1, 2]
+STORAGE_FS = b"ext4"
+TD_DEBUG = 0x01
+QEMU_VERSION = "9.2.1"
 REPORT_DATA_SIZE = 64
 KEY_PROVIDER_INFO = '{"name":"none","id":""}'
 CLOUD_VENDOR = "oauth3 simulator"
@@ -87,14 +94,16 @@ def _boot(imr: int, event_type: int, payload: bytes, digest: bytes | None = None
     )
 
 
-def boot_events(seed: _Seed) -> list[Event]:
-    """Firmware, boot loader and kernel measurements (RTMR0-2) shaped like a real TDX boot log."""
+def boot_events(seed: _Seed, os_image_hash: bytes, dev: bool = False) -> list[Event]:
+    """Firmware, boot loader and kernel measurements (RTMR0-2) shaped like a real TDX boot log;
+    a dev image boots another kernel command line (root login), so RTMR2 differs."""
     measured = {label: seed.take(f"digest/{label}", 48) for label in ("hob", "cfv", "kernel")}
     measured.update({f"acpi{n}": seed.take(f"digest/acpi{n}", 48) for n in range(3)})
     separator = bytes(4)
     cmdline = (
         "console=ttyS0 init=/init panic=1 oauth3.simulated=1 dstack.os_image="
-        + seed.take("os-image", 32).hex()
+        + os_image_hash.hex()
+        + (" dstack.dev=1 root_login=1" if dev else "")
     )
     cmdline_payload = b"LOADED_IMAGE::LoadOptions\0" + cmdline.encode("utf-16-le")
     return [
@@ -133,29 +142,84 @@ def boot_events(seed: _Seed) -> list[Event]:
     ]
 
 
-def _runtime(name: str, payload: bytes) -> Event:
+def runtime_event(name: str, payload: bytes, version: RuntimeEventVersion = 1) -> Event:
+    """A dstack runtime event in RTMR3, in the V1 or V2 digest format (V2 carries its preimage,
+    as dstack 0.6 sends it)."""
+    preimage = runtime_event_preimage(name, payload, version)
     return Event(
         imr=3,
         event_type=RUNTIME_EVENT_TYPE,
-        digest=runtime_event_digest(name, payload),
+        digest=hashlib.sha384(preimage).digest(),
         event=name,
         event_payload=payload,
+        version=2 if version == 2 else None,
+        preimage=preimage if version == 2 else None,
     )
 
 
 def runtime_events(
-    app_id: bytes, compose_digest: bytes, instance_id: bytes, key_provider_info: str
+    app_id: bytes,
+    compose_digest: bytes,
+    instance_id: bytes,
+    key_provider_info: str,
+    version: RuntimeEventVersion = 1,
 ) -> list[Event]:
-    """The RTMR3 sequence a KMS-less dstack OS measures while booting an app."""
+    """The RTMR3 sequence a KMS-less dstack OS (0.5.5 and later) measures while booting an app."""
     return [
-        _runtime("system-preparing", b""),
-        _runtime("app-id", app_id),
-        _runtime("compose-hash", compose_digest),
-        _runtime("instance-id", instance_id),
-        _runtime("boot-mr-done", b""),
-        _runtime("key-provider", key_provider_info.encode()),
-        _runtime("system-ready", b""),
+        runtime_event(name, payload, version)
+        for name, payload in (
+            ("system-preparing", b""),
+            ("app-id", app_id),
+            ("compose-hash", compose_digest),
+            ("instance-id", instance_id),
+            ("boot-mr-done", b""),
+            ("key-provider", key_provider_info.encode()),
+            ("storage-fs", STORAGE_FS),
+            ("system-ready", b""),
+        )
     ]
+
+
+def retyped(events: list[Event]) -> list[Event]:
+    """The retyping attack: the OS's own RTMR3 events relabelled as a firmware event type with
+    their digests kept, so RTMR3 still replays while a lenient reader skips them."""
+    ready = next(i for i, e in enumerate(events) if e.event == "system-ready" and e.imr == 3)
+    return [
+        replace(e, event_type=EV_EFI_ACTION, version=None, preimage=None)
+        if e.imr == 3 and index <= ready and e.event != "system-preparing"
+        else e
+        for index, e in enumerate(events)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class CvmVariant:
+    """How this simulated CVM departs from an honest default one: attacks it plays, events the
+    app emitted after boot, and the runtime-event digest format."""
+
+    attacks: frozenset[Attack] = frozenset()
+    emitted: tuple[tuple[str, bytes], ...] = ()
+    runtime_event_version: RuntimeEventVersion = 1
+
+
+def vm_config_json(os_image_hash: bytes) -> str:
+    """The host's vm_config string with the 12 keys dstack 0.5.5 sends, in its key order."""
+    return json.dumps(
+        {
+            "spec_version": 1,
+            "os_image_hash": os_image_hash.hex(),
+            "cpu_count": 2,
+            "memory_size": 2 * 1024**3,
+            "qemu_single_pass_add_pages": False,
+            "pic": False,
+            "pci_hole64_size": 0,
+            "num_gpus": 0,
+            "num_nvswitches": 0,
+            "hugepages": False,
+            "hotplug_off": False,
+            "qemu_version": QEMU_VERSION,
+        }
+    )
 
 
 def _app_compose_fields(app_compose: bytes) -> dict[str, Any]:
@@ -188,6 +252,8 @@ class SimulatedCvm:
     vm_config: str
     signer: QuoteSigner = field(repr=False)
     key_provider_info: str = KEY_PROVIDER_INFO
+    td_attributes: bytes = DEFAULT_TD_ATTRIBUTES
+    served_events: tuple[Event, ...] | None = None
 
     @property
     def device_id(self) -> bytes:
@@ -209,12 +275,19 @@ class SimulatedCvm:
             rtmrs=self.rtmrs,
             mr_config_id=self.mr_config_id,
             report_data=report_data,
+            td_attributes=self.td_attributes,
         )
         return build_quote(body, self.signer)
 
+    @property
+    def log_events(self) -> tuple[Event, ...]:
+        """The events this agent reports: what it measured, unless an attack rewrites them."""
+        return self.served_events if self.served_events is not None else self.events
+
     def event_log(self, fmt: EventLogFormat) -> str:
         """GetQuote's `event_log` string: `full` (OS <= 0.5.5) or `stripped` (OS >= 0.5.6)."""
-        return dump_event_log(self.events if fmt == "full" else stripped(self.events))
+        events = self.log_events
+        return dump_event_log(events if fmt == "full" else stripped(events))
 
     def tcb_info(self) -> str:
         """Info's `tcb_info`: pretty JSON with the RTMRs, hashes, full event log and app-compose."""
@@ -225,7 +298,7 @@ class SimulatedCvm:
             "os_image_hash": self.os_image_hash.hex(),
             "compose_hash": self.compose_hash.hex(),
             "device_id": self.device_id.hex(),
-            "event_log": event_objects(self.events),
+            "event_log": event_objects(self.log_events),
             "app_compose": self.app_compose.decode(),
         }
         return orjson.dumps(document, option=orjson.OPT_INDENT_2).decode()
@@ -249,8 +322,13 @@ class SimulatedCvm:
         }
 
 
-def build_cvm(app_compose: bytes, seed: str, signer: QuoteSigner) -> SimulatedCvm:
-    """Boot a simulated CVM for this app-compose; ValueError if it is not a UTF-8 JSON object."""
+def build_cvm(
+    app_compose: bytes, seed: str, signer: QuoteSigner, variant: CvmVariant | None = None
+) -> SimulatedCvm:
+    """Boot a simulated CVM for this app-compose; ValueError if it is not a UTF-8 JSON object.
+    `variant` plays attacks and app events; without it the CVM is honest."""
+    variant = variant or CvmVariant()
+    attacks = variant.attacks
     document = _app_compose_fields(app_compose)
     derive = _Seed(seed)
     digest = compose_hash(app_compose)
@@ -260,30 +338,30 @@ def build_cvm(app_compose: bytes, seed: str, signer: QuoteSigner) -> SimulatedCv
         if document.get("no_instance_id") is True
         else hashlib.sha256(derive.take("instance-id-seed", 32) + app_id).digest()[:20]
     )
+    dev = "dev-os" in attacks
+    os_image_hash = a_dev_release().os_image_hash if dev else derive.take("os-image", 32)
+    version = variant.runtime_event_version
     events = [
-        *boot_events(derive),
-        *runtime_events(app_id, digest, instance_id, KEY_PROVIDER_INFO),
+        *boot_events(derive, os_image_hash, dev=dev),
+        *runtime_events(app_id, digest, instance_id, KEY_PROVIDER_INFO, version),
+        *(runtime_event(name, payload, version) for name, payload in variant.emitted),
     ]
-    os_image_hash = derive.take("os-image", 32)
-    vm_config = json.dumps(
-        {
-            "spec_version": 1,
-            "os_image_hash": os_image_hash.hex(),
-            "cpu_count": 2,
-            "memory_size": 2 * 1024**3,
-        }
-    )
+    td_attributes = DEFAULT_TD_ATTRIBUTES
+    if "debug-td" in attacks:
+        td_attributes = bytes([td_attributes[0] | TD_DEBUG]) + td_attributes[1:]
     return SimulatedCvm(
         app_compose=app_compose,
         app_name=document.get("name", ""),
         compose_hash=digest,
         app_id=app_id,
         instance_id=instance_id,
-        mr_td=derive.take("mr-td", 48),
+        mr_td=derive.take("mr-td/other" if "other-mrtd" in attacks else "mr-td", 48),
         mr_config_id=mr_config_id_v1(digest),
         rtmrs=replay_rtmrs(events),
         events=tuple(events),
         os_image_hash=os_image_hash,
-        vm_config=vm_config,
+        vm_config=vm_config_json(os_image_hash),
         signer=signer,
+        td_attributes=td_attributes,
+        served_events=tuple(retyped(events)) if "retyped-os-events" in attacks else None,
     )

@@ -1,9 +1,11 @@
-"""The oauth3 client verifier: hardware (Intel DCAP) and code (/info, event log), fail-closed."""
+"""The oauth3 client verifier: hardware (Intel DCAP), platform, app and identity, fail-closed."""
 
 from .bundle import Bundle, BundleError, load_bundle, save_bundle
 from .collateral import CollateralError, fetch_collateral, load_collateral
 from .fetch import CollateralSource, FetchError, verify_bundle, verify_url
-from .steps import EXIT_CODES, Evidence, Outcome, Policy, Step, StepResult, Verdict, verify_evidence
+from .policy import PlatformPin, Policy, PolicyError, load_policy, parse_policy, render_policy
+from .steps import Evidence, VerifyOptions, verify_evidence
+from .verdict import EXIT_CODES, Outcome, Step, StepResult, Verdict, VerdictName
 
 __all__ = [
     "EXIT_CODES",
@@ -14,13 +16,20 @@ __all__ = [
     "Evidence",
     "FetchError",
     "Outcome",
+    "PlatformPin",
     "Policy",
+    "PolicyError",
     "Step",
     "StepResult",
     "Verdict",
+    "VerdictName",
+    "VerifyOptions",
     "fetch_collateral",
     "load_bundle",
     "load_collateral",
+    "load_policy",
+    "parse_policy",
+    "render_policy",
     "save_bundle",
     "verify_bundle",
     "verify_evidence",

@@ -1,21 +1,26 @@
-"""Evidence bundles: what an online check fetched, saved as JSON to re-verify it offline."""
+"""Evidence bundles: what an online check fetched, saved as JSON to re-verify it offline.
+
+A bundle is evidence, not a verdict: its `fetchedAt` and `nonce` are what it says about itself.
+Offline, the check time is now (or `--at`), and freshness is never established.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import os
-import tempfile
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from .files import write_atomically
 from .steps import Evidence
+from .verdict import rfc3339
 
-BUNDLE_FORMAT = "oauth3-evidence-bundle/v1"
+BUNDLE_FORMAT = "oauth3-evidence-bundle/v2"
+READABLE_FORMATS = ("oauth3-evidence-bundle/v1", BUNDLE_FORMAT)
 
 
 class BundleError(Exception):
@@ -24,8 +29,8 @@ class BundleError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Bundle:
-    """The exact /info bytes, the /attestation response, the nonce sent, where and when,
-    and the collateral used (QuoteCollateralV3 JSON object), if any."""
+    """The exact /info bytes, the /attestation response, the nonce sent, where and when, the
+    collateral used (QuoteCollateralV3 JSON object) and the hashes that name it."""
 
     url: str
     fetched_at: int
@@ -33,36 +38,25 @@ class Bundle:
     info: bytes
     attestation: dict[str, Any]
     collateral: dict[str, Any] | None = None
+    collateral_identity: dict[str, Any] | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The bundle's JSON object."""
         return {
             "format": BUNDLE_FORMAT,
             "url": self.url,
-            "fetchedAt": datetime.fromtimestamp(self.fetched_at, UTC).strftime(
-                "%Y-%m-%dT%H:%M:%SZ"
-            ),
+            "fetchedAt": rfc3339(self.fetched_at),
             "nonce": self.nonce.hex() if self.nonce is not None else None,
             "info": base64.b64encode(self.info).decode(),
             "attestation": self.attestation,
             "collateral": self.collateral,
+            "collateralIdentity": self.collateral_identity,
         }
 
 
 def save_bundle(path: Path, bundle: Bundle) -> None:
     """Write the bundle atomically (temp file in the same folder, then rename); OSError on I/O."""
-    data = orjson.dumps(bundle.as_json(), option=orjson.OPT_INDENT_2) + b"\n"
-    directory = path.parent if str(path.parent) else Path()
-    fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, orjson.dumps(bundle.as_json(), option=orjson.OPT_INDENT_2) + b"\n")
 
 
 def _field(doc: dict[str, Any], key: str, kind: type, where: str) -> Any:
@@ -72,12 +66,17 @@ def _field(doc: dict[str, Any], key: str, kind: type, where: str) -> Any:
     return value
 
 
-def _optional_hex(doc: dict[str, Any], key: str, where: str) -> bytes | None:
+def _optional(doc: dict[str, Any], key: str, kind: type, where: str) -> Any:
     value = doc.get(key)
+    if value is not None and not isinstance(value, kind):
+        raise BundleError(f"{where}: {key!r} must be a {kind.__name__} or null")
+    return value
+
+
+def _optional_hex(doc: dict[str, Any], key: str, where: str) -> bytes | None:
+    value = _optional(doc, key, str, where)
     if value is None:
         return None
-    if not isinstance(value, str):
-        raise BundleError(f"{where}: {key!r} must be a hex string or null")
     try:
         return bytes.fromhex(value)
     except ValueError:
@@ -103,48 +102,43 @@ def parse_time(text: str) -> int:
 
 
 def load_bundle(data: bytes) -> Bundle:
-    """Parse a bundle written by `save_bundle`; BundleError names what is wrong."""
+    """Parse a bundle written by `save_bundle` (v1 or v2); BundleError names what is wrong."""
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise BundleError(f"bundle is not JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise BundleError("bundle must be a JSON object")
-    if doc.get("format") != BUNDLE_FORMAT:
+    if doc.get("format") not in READABLE_FORMATS:
         raise BundleError(f"bundle format is {doc.get('format')!r}, expected {BUNDLE_FORMAT!r}")
     try:
         fetched_at = parse_time(_field(doc, "fetchedAt", str, "bundle"))
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
         raise BundleError(f"bundle: fetchedAt: {exc}") from None
-    collateral = doc.get("collateral")
-    if collateral is not None and not isinstance(collateral, dict):
-        raise BundleError("bundle: 'collateral' must be an object or null")
     return Bundle(
         url=_field(doc, "url", str, "bundle"),
         fetched_at=fetched_at,
         nonce=_optional_hex(doc, "nonce", "bundle"),
         info=_b64(_field(doc, "info", str, "bundle"), "bundle: 'info'"),
         attestation=_field(doc, "attestation", dict, "bundle"),
-        collateral=collateral,
+        collateral=_optional(doc, "collateral", dict, "bundle"),
+        collateral_identity=_optional(doc, "collateralIdentity", dict, "bundle"),
     )
 
 
-def evidence_from_bundle(bundle: Bundle) -> Evidence:
-    """The evidence an /attestation response carries, bound to the /info bytes and the nonce."""
+def evidence_from_bundle(bundle: Bundle, *, online: bool) -> Evidence:
+    """The evidence an /attestation response carries, bound to the /info bytes and the nonce;
+    `online` when this run fetched it (its nonce is then one this run drew)."""
     where = "/attestation response"
     response = bundle.attestation
-    event_log = response.get("eventLog")
-    if event_log is not None and not isinstance(event_log, str):
-        raise BundleError(f"{where}: 'eventLog' must be a string")
-    layout = response.get("layout")
-    if layout is not None and not isinstance(layout, str):
-        raise BundleError(f"{where}: 'layout' must be a string")
     return Evidence(
         quote=_b64(_field(response, "quote", str, where), f"{where}: 'quote'"),
-        event_log=event_log,
-        bound=True,
+        event_log=_optional(response, "eventLog", str, where),
+        origin="online" if online else "bundle",
+        vm_config=_optional(response, "vmConfig", str, where),
         info=bundle.info,
         declared_report_data=_optional_hex(response, "reportData", where),
-        layout=layout,
+        layout=_optional(response, "layout", str, where),
         nonce=bundle.nonce,
+        fetched_at=bundle.fetched_at,
     )

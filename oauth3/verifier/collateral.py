@@ -12,6 +12,8 @@ import dcap_qvl
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from .http import BodyTooLarge, read_body
+
 # a fact from dcap-qvl and the reference: Phala's public PCCS, the verifier's default
 DEFAULT_PCCS_URL = "https://pccs.phala.network"
 PCK_CRL_CHAIN_HEADERS = ("SGX-PCK-CRL-Issuer-Chain",)
@@ -79,12 +81,12 @@ def _header(response: aiohttp.ClientResponse, names: tuple[str, ...], url: str) 
 async def _get(session: aiohttp.ClientSession, url: str) -> tuple[aiohttp.ClientResponse, bytes]:
     try:
         async with session.get(url) as response:
-            body = await response.content.read(MAX_BODY + 1)
+            body = await read_body(response, MAX_BODY)
             if response.status != 200:
                 raise CollateralError(f"PCCS answered HTTP {response.status} for {url}")
-            if len(body) > MAX_BODY:
-                raise CollateralError(f"PCCS response from {url} exceeds {MAX_BODY} bytes")
             return response, body
+    except BodyTooLarge as exc:
+        raise CollateralError(f"PCCS response from {url} {exc}") from None
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise CollateralError(f"cannot fetch {url}: {type(exc).__name__} {exc}".strip()) from None
 

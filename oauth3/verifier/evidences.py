@@ -14,14 +14,13 @@ import hashlib
 import re
 import socket
 import ssl
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import dcap_qvl
 from aiohttp.abc import AbstractResolver, ResolveResult
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -29,8 +28,11 @@ from yarl import URL
 
 from oauth3.attestation import AttestationError, load_evidence
 
-from .fetch import DEFAULT_TIMEOUT, CollateralSource, FetchError, client_session, obtain_collateral
-from .steps import Evidence, EvidenceStep, Outcome, Policy, StepResult, Verdict, verify_evidence
+from .fetch import CollateralSource, FetchError, verify_evidence
+from .files import FileTooLarge, read_capped
+from .http import DEFAULT_TIMEOUT, BodyTooLarge, read_body
+from .steps import Evidence, VerifyOptions, fail, guarded
+from .verdict import EvidenceStep, Outcome, StepResult, Verdict
 
 SHA256SUM = "sha256sum.txt"
 QUOTE_JSON = "quote.json"
@@ -122,14 +124,6 @@ def domain_of_dir(directory: Path) -> str:
     return found[0].removeprefix("cert-").removesuffix(".pem")
 
 
-def _read_capped(path: Path) -> bytes:
-    with path.open("rb") as handle:
-        data = handle.read(MAX_FILE + 1)
-    if len(data) > MAX_FILE:
-        raise EvidencesError(f"{path} exceeds {MAX_FILE} bytes")
-    return data
-
-
 def read_evidences_dir(directory: Path, domain: str | None) -> EvidenceSet:
     """Read saved evidences: sha256sum.txt, quote.json and every file sha256sum.txt lists.
     Raises EvidencesError (or OSError) when sha256sum.txt or quote.json cannot be read."""
@@ -139,14 +133,16 @@ def read_evidences_dir(directory: Path, domain: str | None) -> EvidenceSet:
     files: dict[str, bytes] = {}
     for required in (SHA256SUM, QUOTE_JSON):
         try:
-            files[required] = _read_capped(directory / required)
+            files[required] = read_capped(directory / required, MAX_FILE)
         except FileNotFoundError:
             raise EvidencesError(f"{directory} has no {required}") from None
+        except FileTooLarge as exc:
+            raise EvidencesError(str(exc)) from None
     unreadable: dict[str, str] = {}
     for listed in listed_names(files):
         try:
-            files[listed] = _read_capped(directory / listed)
-        except (OSError, EvidencesError) as exc:
+            files[listed] = read_capped(directory / listed, MAX_FILE)
+        except (OSError, FileTooLarge) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             unreadable[listed] = reason
     return EvidenceSet(source=str(directory), domain=name, files=files, unreadable=unreadable)
@@ -243,11 +239,11 @@ async def _get_file(session: aiohttp.ClientSession, url: URL) -> tuple[bytes | N
         async with session.get(url, allow_redirects=False) as response:
             if response.status != 200:
                 return None, f"HTTP {response.status}"
-            body = await response.content.read(MAX_FILE + 1)
+            body = await read_body(response, MAX_FILE)
+    except BodyTooLarge:
+        return None, f"larger than {MAX_FILE} bytes"
     except (aiohttp.ClientError, TimeoutError, ssl.SSLError) as exc:
         raise FetchError(f"GET {url}: {type(exc).__name__} {exc}".rstrip()) from None
-    if len(body) > MAX_FILE:
-        return None, f"larger than {MAX_FILE} bytes"
     return body, ""
 
 
@@ -298,30 +294,13 @@ async def fetch_evidences(
     )
 
 
-class _Failed(Exception):
-    def __init__(self, reason: str, details: dict[str, Any]) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.details = details
-
-
-def _guarded(name: EvidenceStep, check: Callable[[], StepResult]) -> StepResult:
-    try:
-        result = check()
-    except _Failed as exc:
-        return StepResult(name, Outcome.FAIL, exc.reason, exc.details)
-    except Exception as exc:
-        return StepResult(name, Outcome.FAIL, f"{type(exc).__name__}: {' '.join(str(exc).split())}")
-    return result
-
-
 def check_files(evidences: EvidenceSet) -> StepResult:
     """Every line of sha256sum.txt matches its file, and it covers the domain's certificate."""
     details: dict[str, Any] = {"domain": evidences.domain}
     try:
         entries = parse_sha256sum(evidences.files.get(SHA256SUM, b""))
     except ChecksumFormatError as exc:
-        raise _Failed(str(exc), details) from None
+        raise fail(str(exc), details) from None
     names = [name for name, _ in entries]
     details["listed"] = names
     bad: list[str] = []
@@ -333,11 +312,11 @@ def check_files(evidences: EvidenceSet) -> StepResult:
             bad.append(f"{name} sha256 {hashlib.sha256(data).hexdigest()[:16]}… != listed")
     details["mismatched"] = bad
     if bad:
-        raise _Failed(f"{SHA256SUM} does not match its files: {'; '.join(bad)}", details)
+        raise fail(f"{SHA256SUM} does not match its files: {'; '.join(bad)}", details)
     cert = cert_file_for(evidences.domain, names)
     details["certificate_file"] = cert
     if cert is None:
-        raise _Failed(f"{SHA256SUM} lists no certificate for {evidences.domain}", details)
+        raise fail(f"{SHA256SUM} lists no certificate for {evidences.domain}", details)
     account = "" if ACME_ACCOUNT in names else f" (no {ACME_ACCOUNT} listed)"
     return StepResult(
         EvidenceStep.EVIDENCE_FILES,
@@ -353,22 +332,22 @@ def check_binding(
     """report_data[0:32] == sha256(sha256sum.txt), [32:64] zero, and quote.json's own
     report_data field (if any) agrees with the quote."""
     if report_data is None:
-        raise _Failed("the quote did not parse", {})
+        raise fail("the quote did not parse", {})
     digest = hashlib.sha256(evidences.files[SHA256SUM]).digest()
     details: dict[str, Any] = {
         "sha256sum_sha256": digest.hex(),
         "report_data": report_data.hex(),
     }
     if declared is not None and declared.ljust(64, b"\0") != report_data:
-        raise _Failed(f"{QUOTE_JSON}'s report_data differs from the quote's", details)
+        raise fail(f"{QUOTE_JSON}'s report_data differs from the quote's", details)
     if report_data[:32] != digest:
-        raise _Failed(
+        raise fail(
             f"report_data[0:32] {report_data[:32].hex()[:16]}… != sha256({SHA256SUM}) "
             f"{digest.hex()[:16]}…: the quote does not bind these files",
             details,
         )
     if any(report_data[32:]):
-        raise _Failed("report_data[32:64] is not zero", details)
+        raise fail("report_data[32:64] is not zero", details)
     return StepResult(
         EvidenceStep.EVIDENCE_BINDING,
         Outcome.PASS,
@@ -424,7 +403,7 @@ def check_tls(evidences: EvidenceSet) -> StepResult:
         "connected_to": evidences.connected_to,
     }
     if cert_name is None or cert_name not in evidences.files:
-        raise _Failed(f"no listed certificate file for {evidences.domain}", details)
+        raise fail(f"no listed certificate file for {evidences.domain}", details)
     quoted = x509.load_pem_x509_certificates(evidences.files[cert_name])[0]
     details["quoted_leaf_sha256"] = _fingerprint(quoted)
     served = x509.load_der_x509_certificate(evidences.served_leaf)
@@ -434,13 +413,13 @@ def check_tls(evidences: EvidenceSet) -> StepResult:
     elif _spki(served) == _spki(quoted):
         match = "public_key"
     else:
-        raise _Failed(
+        raise fail(
             f"{evidences.domain} served certificate {_fingerprint(served)[:16]}…, not the "
             f"leaf of {cert_name} ({_fingerprint(quoted)[:16]}…) nor one with its key",
             details,
         )
     if not names_domain(served, evidences.domain):
-        raise _Failed(
+        raise fail(
             f"the served certificate does not name {evidences.domain} in subjectAltName", details
         )
     unverified = (
@@ -470,15 +449,15 @@ def evidence_steps(
     """The three evidence steps, each fail-closed."""
     binding = EvidenceStep.EVIDENCE_BINDING
     return (
-        _guarded(EvidenceStep.EVIDENCE_FILES, lambda: check_files(evidences)),
-        _guarded(binding, lambda: check_binding(evidences, report_data, declared)),
-        _guarded(EvidenceStep.TLS_CERTIFICATE, lambda: check_tls(evidences)),
+        guarded(EvidenceStep.EVIDENCE_FILES, lambda: check_files(evidences)),
+        guarded(binding, lambda: check_binding(evidences, report_data, declared)),
+        guarded(EvidenceStep.TLS_CERTIFICATE, lambda: check_tls(evidences)),
     )
 
 
 async def verify_evidences(
     evidences: EvidenceSet,
-    policy: Policy,
+    options: VerifyOptions,
     source: CollateralSource,
     *,
     request_timeout: float = DEFAULT_TIMEOUT,
@@ -489,11 +468,14 @@ async def verify_evidences(
         loaded = load_evidence(evidences.files[QUOTE_JSON])
     except AttestationError as exc:
         raise EvidencesError(f"{QUOTE_JSON} from {evidences.source}: {exc}") from None
-    evidence = Evidence(quote=loaded.quote, event_log=loaded.event_log)
-    collateral: dcap_qvl.QuoteCollateralV3 | None
-    async with client_session(request_timeout) as session:
-        collateral = await obtain_collateral(session, source, evidence, policy)
-    verdict = verify_evidence(evidence, policy, collateral)
+    vm_config = loaded.document.get("vm_config") if loaded.document is not None else None
+    evidence = Evidence(
+        quote=loaded.quote,
+        event_log=loaded.event_log,
+        origin="evidences",
+        vm_config=vm_config if isinstance(vm_config, str) else None,
+    )
+    verdict, _ = await verify_evidence(evidence, options, source, request_timeout=request_timeout)
     extra = evidence_steps(evidences, verdict.report_data, loaded.report_data)
     return replace(verdict, steps=verdict.steps + extra)
 

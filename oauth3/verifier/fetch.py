@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import aiohttp
 import dcap_qvl
@@ -13,10 +13,11 @@ from oauth3.attestation import parse_quote
 
 from .bundle import Bundle, BundleError, evidence_from_bundle
 from .collateral import DEFAULT_PCCS_URL, fetch_collateral, load_collateral
-from .steps import Evidence, Policy, Verdict, chain_facts, verify_evidence
+from .http import DEFAULT_TIMEOUT, BodyTooLarge, client_session, read_body
+from .steps import Evidence, Verdict, VerifyOptions, chain_facts, collateral_identity
+from .steps import verify_evidence as run_steps
 
 MAX_RESPONSE = 1 << 20
-DEFAULT_TIMEOUT = 30.0
 
 
 class FetchError(Exception):
@@ -40,20 +41,20 @@ def _problem_summary(body: bytes) -> str:
         return ""
     if not isinstance(doc, dict):
         return ""
-    parts = [str(doc[k]) for k in ("title", "detail") if isinstance(doc.get(k), str)]
+    parts = [str(doc[k])[:200] for k in ("title", "detail") if isinstance(doc.get(k), str)]
     return ": " + ": ".join(parts) if parts else ""
 
 
 async def _get(session: aiohttp.ClientSession, url: str) -> bytes:
     try:
         async with session.get(url) as response:
-            body = await response.content.read(MAX_RESPONSE + 1)
+            body = await read_body(response, MAX_RESPONSE)
             if response.status != 200:
                 raise FetchError(f"GET {url}: HTTP {response.status}{_problem_summary(body)}")
+    except BodyTooLarge as exc:
+        raise FetchError(f"GET {url}: response {exc}") from None
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise FetchError(f"GET {url}: {type(exc).__name__} {exc}".rstrip()) from None
-    if len(body) > MAX_RESPONSE:
-        raise FetchError(f"GET {url}: response exceeds {MAX_RESPONSE} bytes")
     return body
 
 
@@ -73,11 +74,6 @@ async def fetch_evidence(session: aiohttp.ClientSession, url: str, nonce: bytes 
     return Bundle(url=url, fetched_at=fetched_at, nonce=nonce, info=info, attestation=attestation)
 
 
-def client_session(timeout: float) -> aiohttp.ClientSession:
-    """A client session whose every request is bounded by `timeout` seconds in total."""
-    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))
-
-
 def _is_simulator_quote(evidence: Evidence) -> bool:
     try:
         return chain_facts(parse_quote(evidence.quote)).names_simulator
@@ -89,13 +85,13 @@ async def obtain_collateral(
     session: aiohttp.ClientSession,
     source: CollateralSource,
     evidence: Evidence,
-    policy: Policy,
+    options: VerifyOptions,
     stored: dict[str, object] | None = None,
 ) -> dcap_qvl.QuoteCollateralV3 | None:
     """The collateral to verify with: file, then a named PCCS, then `stored`, then the default."""
-    if policy.skip_dcap:
+    if options.skip_dcap:
         return None
-    if not policy.allow_simulated and _is_simulator_quote(evidence):
+    if not options.allow_simulated and _is_simulator_quote(evidence):
         return None  # it fails the simulated step whatever the collateral; ask no PCCS for it
     if source.collateral is not None:
         return source.collateral
@@ -104,35 +100,48 @@ async def obtain_collateral(
     return await fetch_collateral(session, source.pccs_url, evidence.quote)
 
 
-async def verify_bundle(
-    bundle: Bundle,
-    policy: Policy,
+async def verify_evidence(
+    evidence: Evidence,
+    options: VerifyOptions,
     source: CollateralSource,
     *,
+    stored: dict[str, object] | None = None,
+    request_timeout: float = DEFAULT_TIMEOUT,
+) -> tuple[Verdict, dcap_qvl.QuoteCollateralV3 | None]:
+    """Obtain collateral for the evidence, then run the steps; returns the verdict and the
+    collateral it used. Raises CollateralError on network or format problems (exit code 2)."""
+    async with client_session(request_timeout) as session:
+        collateral = await obtain_collateral(session, source, evidence, options, stored)
+    return run_steps(evidence, options, collateral), collateral
+
+
+async def verify_bundle(
+    bundle: Bundle,
+    options: VerifyOptions,
+    source: CollateralSource,
+    *,
+    online: bool = False,
     request_timeout: float = DEFAULT_TIMEOUT,
 ) -> tuple[Verdict, Bundle]:
-    """Verify fetched or saved evidence; returns the verdict and the bundle with its collateral.
-    Raises BundleError, CollateralError or FetchError for malformed input and network errors."""
-    evidence = evidence_from_bundle(bundle)
-    async with client_session(request_timeout) as session:
-        collateral = await obtain_collateral(session, source, evidence, policy, bundle.collateral)
-    stored = bundle.collateral
-    if collateral is not None:
-        stored = orjson.loads(collateral.to_json())
-    verdict = verify_evidence(evidence, policy, collateral)
-    return verdict, Bundle(
-        url=bundle.url,
-        fetched_at=bundle.fetched_at,
-        nonce=bundle.nonce,
-        info=bundle.info,
-        attestation=bundle.attestation,
-        collateral=stored,
+    """Verify fetched (`online`) or saved evidence; returns the verdict and the bundle with the
+    collateral used and its identity. Raises BundleError, CollateralError or FetchError for
+    malformed input and network errors."""
+    evidence = evidence_from_bundle(bundle, online=online)
+    verdict, collateral = await verify_evidence(
+        evidence, options, source, stored=bundle.collateral, request_timeout=request_timeout
+    )
+    if collateral is None:
+        return verdict, bundle
+    return verdict, replace(
+        bundle,
+        collateral=orjson.loads(collateral.to_json()),
+        collateral_identity=collateral_identity(evidence.quote, collateral),
     )
 
 
 async def verify_url(
     url: str,
-    policy: Policy,
+    options: VerifyOptions,
     source: CollateralSource,
     *,
     nonce: bytes | None,
@@ -142,7 +151,9 @@ async def verify_url(
     Raises FetchError, BundleError or CollateralError (exit code 2 on the command line)."""
     async with client_session(request_timeout) as session:
         bundle = await fetch_evidence(session, url, nonce)
-    return await verify_bundle(bundle, policy, source, request_timeout=request_timeout)
+    return await verify_bundle(
+        bundle, options, source, online=True, request_timeout=request_timeout
+    )
 
 
 __all__ = [
@@ -152,5 +163,6 @@ __all__ = [
     "fetch_evidence",
     "obtain_collateral",
     "verify_bundle",
+    "verify_evidence",
     "verify_url",
 ]

@@ -1,214 +1,111 @@
-"""The verifier's checks as pure functions: evidence in, a named result per step, a verdict out."""
+"""The verifier's checks as pure functions: evidence in, a named result per step, a verdict out.
+
+Each step checks one link of the chain of trust (see the README, "What VERIFIED means"). A step
+passes only when it checked its link completely against values the relying party gave; a link
+that holds but was compared with nothing ends UNPINNED, an unproven freshness NOT_FRESH, a check
+not made SKIPPED. Any exception inside a step is that step's failure, never a pass.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 import dcap_qvl
+import orjson
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from oauth3.attestation import (
     LAYOUT,
+    Event,
     Quote,
-    app_facts,
     compare_with_quote,
     decode_mr_config_id,
     info_digest,
     parse_event_log,
     parse_quote,
 )
+from oauth3.attestation.rtmr3 import BootRecord, read_boot_record
 
 from .collateral import collateral_window
+from .platform import (
+    PlatformMismatch,
+    check_os,
+    identify_os,
+    measurements,
+    parse_vm_config,
+    vouched_by,
+)
+from .policy import Policy
+from .verdict import (
+    EvidenceStep,
+    Outcome,
+    Step,
+    StepName,
+    StepResult,
+    Verdict,
+    hex_or_none,
+    rfc3339,
+)
 
 # SHA-256 of the DER of Intel's SGX Provisioning Certification Root CA (a published fact)
 INTEL_ROOT_CA_SHA256 = bytes.fromhex(
     "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3"
 )
-DEFAULT_ALLOWED_TCB = frozenset({"UpToDate"})
 SIMULATOR_MARKERS = ("simulat",)
+Origin = Literal["online", "bundle", "quote_file", "evidences"]
 
-
-class Step(StrEnum):
-    """Step names, in the order they run and report."""
-
-    QUOTE = "quote"
-    SIMULATED = "simulated"
-    HARDWARE = "hardware"
-    TCB_POLICY = "tcb_policy"
-    INFO_BINDING = "info_binding"
-    NONCE = "nonce"
-    EVENT_LOG = "event_log"
-    COMPOSE = "compose"
-
-
-class EvidenceStep(StrEnum):
-    """Steps of a custom domain's TLS evidences (--evidences), run after the quote's steps."""
-
-    EVIDENCE_FILES = "evidence_files"
-    EVIDENCE_BINDING = "evidence_binding"
-    TLS_CERTIFICATE = "tls_certificate"
-
-
-StepName = Step | EvidenceStep
-
-
-EXIT_VERIFIED = 0
-EXIT_USAGE = 2
-EXIT_CODES: Mapping[StepName, int] = {
-    Step.QUOTE: 10,
-    Step.HARDWARE: 11,
-    Step.TCB_POLICY: 12,
-    Step.INFO_BINDING: 13,
-    Step.NONCE: 14,
-    Step.EVENT_LOG: 15,
-    Step.COMPOSE: 16,
-    Step.SIMULATED: 17,
-    EvidenceStep.EVIDENCE_FILES: 18,
-    EvidenceStep.EVIDENCE_BINDING: 19,
-    EvidenceStep.TLS_CERTIFICATE: 20,
-}
-
-
-class Outcome(StrEnum):
-    """How a step ended; only PASS and FAIL carry a verdict, the others say why not."""
-
-    PASS = "pass"  # noqa: S105 - an outcome name, not a password
-    FAIL = "fail"
-    SKIPPED = "skipped"
-    NOT_APPLICABLE = "not_applicable"
-
-
-@dataclass(frozen=True, slots=True)
-class StepResult:
-    """One step's outcome, its one-line reason, and machine-readable details."""
-
-    name: StepName
-    outcome: Outcome
-    reason: str
-    details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool | None:
-        """True passed, False failed, None skipped or not applicable."""
-        if self.outcome is Outcome.PASS:
-            return True
-        if self.outcome is Outcome.FAIL:
-            return False
-        return None
-
-    def as_json(self) -> dict[str, Any]:
-        """The stable JSON shape of a step."""
-        return {
-            "name": str(self.name),
-            "ok": self.ok,
-            "outcome": str(self.outcome),
-            "reason": self.reason,
-            "details": self.details,
-        }
+__all__ = [
+    "INTEL_ROOT_CA_SHA256",
+    "ChainFacts",
+    "Evidence",
+    "EvidenceStep",
+    "Outcome",
+    "Step",
+    "StepName",
+    "StepResult",
+    "Verdict",
+    "VerifyOptions",
+    "chain_facts",
+    "collateral_identity",
+    "verify_evidence",
+]
 
 
 @dataclass(frozen=True, slots=True)
 class Evidence:
-    """What is verified: the quote, the event log and, for an oauth3 service, the /info bytes,
-    the response's reportData/layout and the nonce sent (`bound=False` for a bare dstack quote)."""
+    """What is verified. `origin` says how it was obtained, which decides what freshness can
+    mean: `online` (fetched now, with the nonce this run drew), `bundle` (saved earlier),
+    `quote_file` (a bare dstack quote) or `evidences` (a custom domain's files)."""
 
     quote: bytes
     event_log: str | None
-    bound: bool = False
+    origin: Origin = "quote_file"
+    vm_config: str | None = None
     info: bytes | None = None
     declared_report_data: bytes | None = None
     layout: str | None = None
     nonce: bytes | None = None
+    fetched_at: int | None = None
+
+    @property
+    def bound(self) -> bool:
+        """True for an oauth3 service's evidence: /info bytes and a reportData to bind."""
+        return self.origin in ("online", "bundle")
 
 
 @dataclass(frozen=True, slots=True)
-class Policy:
-    """What the caller accepts: time, TCB statuses, expected identity, simulated quotes."""
+class VerifyOptions:
+    """How to check: at what time, against which policy, and what the caller allows."""
 
     at: int
-    allowed_tcb: frozenset[str] = DEFAULT_ALLOWED_TCB
-    expect_compose_hash: bytes | None = None
-    expect_app_id: bytes | None = None
+    policy: Policy = field(default_factory=Policy)
     allow_simulated: bool = False
     root_ca_der: bytes | None = None
     skip_dcap: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """Every step's result and the overall verdict with its exit code."""
-
-    steps: tuple[StepResult, ...]
-    report_data: bytes | None
-    compose_hash: bytes | None
-    app_id: bytes | None
-    tcb_status: str | None
-    advisory_ids: tuple[str, ...]
-    simulated: bool
-    checked_at: int
-
-    @property
-    def first_failure(self) -> StepResult | None:
-        """The first failing step (its exit code is the verdict's), or None."""
-        return next((s for s in self.steps if s.outcome is Outcome.FAIL), None)
-
-    @property
-    def hardware_checked(self) -> bool:
-        """False when --skip-dcap left the DCAP check out."""
-        return any(s.name is Step.HARDWARE and s.outcome is Outcome.PASS for s in self.steps)
-
-    @property
-    def skipped(self) -> tuple[StepName, ...]:
-        """The steps left unchecked (--skip-dcap, or no TLS handshake for saved evidences)."""
-        return tuple(s.name for s in self.steps if s.outcome is Outcome.SKIPPED)
-
-    @property
-    def verdict(self) -> str:
-        """FAILED, SIMULATED (allowed simulator quote), PARTIAL (a step skipped) or VERIFIED."""
-        if self.first_failure is not None:
-            return "FAILED"
-        if self.simulated:
-            return "SIMULATED"
-        if not self.hardware_checked or self.skipped:
-            return "PARTIAL"
-        return "VERIFIED"
-
-    @property
-    def exit_code(self) -> int:
-        """0 unless a step failed; then the first failing step's documented code."""
-        failure = self.first_failure
-        return EXIT_VERIFIED if failure is None else EXIT_CODES[failure.name]
-
-    def as_json(self) -> dict[str, Any]:
-        """The stable `--json` object."""
-        return {
-            "verdict": self.verdict,
-            "exit_code": self.exit_code,
-            "steps": [s.as_json() for s in self.steps],
-            "report_data": hex_or_none(self.report_data),
-            "compose_hash": hex_or_none(self.compose_hash),
-            "app_id": hex_or_none(self.app_id),
-            "tcb_status": self.tcb_status,
-            "advisory_ids": list(self.advisory_ids),
-            "simulated": self.simulated,
-            "hardware_checked": self.hardware_checked,
-            "checked_at": _rfc3339(self.checked_at),
-        }
-
-
-def hex_or_none(value: bytes | None) -> str | None:
-    """Hex of the bytes, or None."""
-    return value.hex() if value is not None else None
-
-
-def _rfc3339(seconds: int) -> str:
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class _Failed(Exception):
@@ -220,17 +117,23 @@ class _Failed(Exception):
         self.details = details or {}
 
 
-def _guarded(name: Step, check: Callable[[], StepResult]) -> StepResult:
+def guarded(name: StepName, check: Callable[[], StepResult]) -> StepResult:
     """Run one check; any exception at all is that step's failure, never a pass."""
     try:
         return check()
     except _Failed as exc:
         return StepResult(name, Outcome.FAIL, exc.reason, exc.details)
     except Exception as exc:
-        return StepResult(name, Outcome.FAIL, f"{type(exc).__name__}: {_one_line(str(exc))}")
+        return StepResult(name, Outcome.FAIL, f"{type(exc).__name__}: {one_line(str(exc))}")
 
 
-def _one_line(text: str) -> str:
+def fail(reason: str, details: dict[str, Any] | None = None) -> _Failed:
+    """The exception that fails the running step with `reason`."""
+    return _Failed(reason, details)
+
+
+def one_line(text: str) -> str:
+    """Collapse whitespace (including newlines) to single spaces."""
     return " ".join(text.split())
 
 
@@ -239,9 +142,14 @@ class ChainFacts:
     """What the quote's PCK certificate chain says about its origin."""
 
     subjects: tuple[str, ...]
-    last_sha256: bytes | None
+    last_der: bytes
     last_self_signed: bool
     names_simulator: bool
+
+    @property
+    def last_sha256(self) -> bytes:
+        """SHA-256 of the chain's last certificate (its root, when the chain is complete)."""
+        return hashlib.sha256(self.last_der).digest()
 
     @property
     def intel_rooted(self) -> bool:
@@ -253,31 +161,73 @@ def chain_facts(quote: Quote) -> ChainFacts:
     """Read the PCK chain embedded in a quote; raises if it is absent or unparseable."""
     pems = quote.signature_data.pck_chain_pem()
     if not pems:
-        raise _Failed("the quote carries no PCK certificate chain")
+        raise fail("the quote carries no PCK certificate chain")
     certs = [x509.load_pem_x509_certificate(pem) for pem in pems]
     names = [c.subject.rfc4514_string() for c in certs] + [c.issuer.rfc4514_string() for c in certs]
     last = certs[-1]
     return ChainFacts(
         subjects=tuple(c.subject.rfc4514_string() for c in certs),
-        last_sha256=hashlib.sha256(last.public_bytes(Encoding.DER)).digest(),
+        last_der=last.public_bytes(Encoding.DER),
         last_self_signed=last.subject == last.issuer,
         names_simulator=any(m in n.lower() for n in names for m in SIMULATOR_MARKERS),
     )
 
 
-def uses_pinned_root(chain: ChainFacts, policy: Policy) -> bool:
-    """The pinned root (--root-ca) is used only for chains that do not end in Intel's root."""
-    return policy.allow_simulated and policy.root_ca_der is not None and not chain.intel_rooted
+def pinned_root(chain: ChainFacts, options: VerifyOptions) -> tuple[bytes, str] | None:
+    """The mock root to check a simulator quote against, and who pinned it: only with
+    --allow-simulated, never for a chain that ends in Intel's root."""
+    if not options.allow_simulated or chain.intel_rooted:
+        return None
+    if options.root_ca_der is not None:
+        return options.root_ca_der, "--root-ca"
+    pin = options.policy.simulated_root_sha256
+    if pin is not None and chain.last_self_signed and chain.last_sha256 == pin:
+        return chain.last_der, f"root_ca_sha256 in {options.policy.source}"
+    return None
 
 
-def is_simulated(chain: ChainFacts, policy: Policy) -> bool:
+def is_simulated(chain: ChainFacts, options: VerifyOptions) -> bool:
     """A simulator quote: a certificate names itself one, the chain ends in a self-signed root
     that is not Intel's, or it can only be checked against a pinned root."""
     return (
         chain.names_simulator
         or (chain.last_self_signed and not chain.intel_rooted)
-        or uses_pinned_root(chain, policy)
+        or pinned_root(chain, options) is not None
     )
+
+
+@dataclass(frozen=True, slots=True)
+class LogReading:
+    """The event log replayed against the quote and read under dstack's RTMR3 rules, once."""
+
+    events: tuple[Event, ...] = ()
+    replayed: tuple[bytes, ...] = ()
+    mismatched: tuple[str, ...] = ()
+    boot: BootRecord | None = None
+    error: str | None = None
+
+
+def read_log(evidence: Evidence, quote: Quote) -> LogReading:
+    """Replay RTMR0-3 and read RTMR3; the error (if any) says why neither can be trusted."""
+    if evidence.event_log is None:
+        return LogReading(error="no event log: RTMR0-3 and the app identity cannot be checked")
+    try:
+        events = tuple(parse_event_log(evidence.event_log))
+        replay = compare_with_quote(events, quote.report.rtmr)
+    except Exception as exc:
+        return LogReading(error=one_line(str(exc)))
+    if replay.mismatched:
+        return LogReading(
+            events,
+            replay.replayed,
+            tuple(f"RTMR{i}" for i in replay.mismatched),
+            error=f"event log does not replay: {replay.describe_mismatch()}",
+        )
+    try:
+        boot = read_boot_record(events)
+    except Exception as exc:
+        return LogReading(events, replay.replayed, error=one_line(str(exc)))
+    return LogReading(events, replay.replayed, boot=boot)
 
 
 @dataclass(slots=True)
@@ -287,17 +237,20 @@ class _State:
     quote: Quote | None = None
     chain: ChainFacts | None = None
     report: dcap_qvl.VerifiedReport | None = None
-    events_ok: bool = False
-    compose_hash: bytes | None = None
-    app_id: bytes | None = None
     simulated: bool = False
-    events: list[Any] = field(default_factory=list)
+    log: LogReading | None = None
 
 
 def _needs_quote(state: _State) -> Quote:
     if state.quote is None:
-        raise _Failed("the quote did not parse")
+        raise fail("the quote did not parse")
     return state.quote
+
+
+def _log(evidence: Evidence, state: _State) -> LogReading:
+    if state.log is None:
+        state.log = read_log(evidence, _needs_quote(state))
+    return state.log
 
 
 def _check_quote(evidence: Evidence, state: _State) -> StepResult:
@@ -311,38 +264,41 @@ def _check_quote(evidence: Evidence, state: _State) -> StepResult:
     )
 
 
-def _check_simulated(state: _State, policy: Policy) -> StepResult:
+def _check_simulated(state: _State, options: VerifyOptions) -> StepResult:
     chain = chain_facts(_needs_quote(state))
     state.chain = chain
-    simulated = is_simulated(chain, policy)
+    simulated = is_simulated(chain, options)
     state.simulated = simulated
     details = {
         "chain": list(chain.subjects),
-        "root_sha256": hex_or_none(chain.last_sha256),
+        "root_sha256": chain.last_sha256.hex(),
         "intel_root": chain.intel_rooted,
         "names_simulator": chain.names_simulator,
     }
     if not simulated:
         where = "Intel's SGX Root CA" if chain.intel_rooted else "an issuer DCAP checks"
         return StepResult(Step.SIMULATED, Outcome.PASS, f"PCK chain ends in {where}", details)
-    if policy.allow_simulated:
-        return StepResult(
-            Step.SIMULATED,
-            Outcome.PASS,
-            "SIMULATED quote (not Intel hardware), accepted because of --allow-simulated",
+    if not options.allow_simulated:
+        raise fail(
+            "the quote comes from a simulator (its PCK chain does not end in Intel's SGX Root "
+            "CA); pass --allow-simulated to accept it for testing",
             details,
         )
-    raise _Failed(
-        "the quote comes from a simulator (its PCK chain does not end in Intel's SGX Root CA); "
-        "pass --allow-simulated to accept it for testing",
+    return StepResult(
+        Step.SIMULATED,
+        Outcome.PASS,
+        "SIMULATED quote (not Intel hardware), accepted because of --allow-simulated",
         details,
     )
 
 
 def _check_hardware(
-    evidence: Evidence, state: _State, policy: Policy, collateral: dcap_qvl.QuoteCollateralV3 | None
+    evidence: Evidence,
+    state: _State,
+    options: VerifyOptions,
+    collateral: dcap_qvl.QuoteCollateralV3 | None,
 ) -> StepResult:
-    if policy.skip_dcap:
+    if options.skip_dcap:
         return StepResult(
             Step.HARDWARE,
             Outcome.SKIPPED,
@@ -350,23 +306,31 @@ def _check_hardware(
         )
     quote = _needs_quote(state)
     if collateral is None:
-        raise _Failed("no collateral to verify the quote with")
+        raise fail("no collateral to verify the quote with")
     chain = state.chain if state.chain is not None else chain_facts(quote)
-    details: dict[str, Any] = {"at": _rfc3339(policy.at)}
+    details: dict[str, Any] = {"at": rfc3339(options.at)}
     try:
         details["collateral_window"] = collateral_window(collateral)
     except Exception as exc:
-        details["collateral_window_error"] = _one_line(str(exc))
-    pinned = policy.root_ca_der if uses_pinned_root(chain, policy) else None
-    details["root"] = "pinned (--root-ca)" if pinned is not None else "Intel SGX Root CA"
+        details["collateral_window_error"] = one_line(str(exc))
+    pinned = pinned_root(chain, options)
+    details["root"] = f"pinned mock root ({pinned[1]})" if pinned else "Intel SGX Root CA"
     try:
         if pinned is not None:
-            report = dcap_qvl.verify_with_root_ca(evidence.quote, collateral, pinned, policy.at)
+            report = dcap_qvl.verify_with_root_ca(evidence.quote, collateral, pinned[0], options.at)
         else:
-            report = dcap_qvl.verify(evidence.quote, collateral, policy.at)
+            report = dcap_qvl.verify(evidence.quote, collateral, options.at)
     except Exception as exc:
-        reason = _one_line(str(exc)).removeprefix("Verification failed: ")
-        raise _Failed(f"DCAP verification failed at {details['at']}: {reason}", details) from None
+        reason = one_line(str(exc)).removeprefix("Verification failed: ")
+        hint = (
+            " (collateral outside its validity window: fetch current collateral with --pccs, "
+            "or check as of another time with --at)"
+            if "expired" in reason.lower() or "not yet valid" in reason.lower()
+            else ""
+        )
+        raise fail(
+            f"DCAP verification failed at {details['at']}: {reason}{hint}", details
+        ) from None
     state.report = report
     status = str(report.status)
     advisories = [str(a) for a in report.advisory_ids]
@@ -377,28 +341,105 @@ def _check_hardware(
     return StepResult(
         Step.HARDWARE,
         Outcome.PASS,
-        f"DCAP signature chain OK, TCB {status}, {listed}{span}; checked at {details['at']}",
+        f"DCAP signature chain OK ({details['root']}), TCB {status}, {listed}{span}; "
+        f"checked at {details['at']}",
         details,
     )
 
 
-def _check_tcb_policy(state: _State, policy: Policy) -> StepResult:
+def _check_tcb_policy(state: _State, options: VerifyOptions) -> StepResult:
+    policy = options.policy
     allowed = sorted(policy.allowed_tcb)
-    if policy.skip_dcap:
+    if options.skip_dcap:
         return StepResult(
             Step.TCB_POLICY, Outcome.SKIPPED, "NOT CHECKED: no TCB status without the DCAP check"
         )
     if state.report is None:
-        raise _Failed("no verified TCB status (the hardware step failed)", {"allowed": allowed})
+        raise fail("no verified TCB status (the hardware step failed)", {"allowed": allowed})
     status = str(state.report.status)
-    details = {"status": status, "allowed": allowed}
+    advisories = sorted(str(a) for a in state.report.advisory_ids)
+    refused = [a for a in advisories if a not in policy.allowed_advisories]
+    details = {
+        "status": status,
+        "allowed": allowed,
+        "advisory_ids": advisories,
+        "allowed_advisories": sorted(policy.allowed_advisories),
+    }
     if status not in policy.allowed_tcb:
-        raise _Failed(
+        raise fail(
             f"TCB status {status} is not allowed (allowed: {', '.join(allowed)}; "
-            "widen with --allow-tcb STATUS)",
+            "widen with --allow-tcb STATUS or the policy's [tcb] allowed_statuses)",
             details,
         )
-    return StepResult(Step.TCB_POLICY, Outcome.PASS, f"TCB status {status} is allowed", details)
+    if refused:
+        raise fail(
+            f"advisories {', '.join(refused)} are not accepted (accept each with "
+            "--allow-advisory ID or the policy's [tcb] allowed_advisories)",
+            details,
+        )
+    listed = f", advisories {', '.join(advisories)} accepted" if advisories else ", no advisories"
+    return StepResult(
+        Step.TCB_POLICY, Outcome.PASS, f"TCB status {status} is allowed{listed}", details
+    )
+
+
+def _check_platform(evidence: Evidence, state: _State, options: VerifyOptions) -> StepResult:
+    report = _needs_quote(state).report
+    measured = measurements(report)
+    details: dict[str, Any] = {k: v.hex() for k, v in measured.items()}
+    if report.debug:
+        raise fail(
+            "the TD runs in DEBUG mode: the host can read and change its memory, so nothing it "
+            "reports can be trusted",
+            details,
+        )
+    vm_config = parse_vm_config(evidence.vm_config)
+    details["vm_config"] = vm_config
+    log = _log(evidence, state)
+    measured_os = log.boot.os_image_hash if log.boot is not None else None
+    try:
+        identity = identify_os(measured_os, vm_config)
+        details["os"] = identity.as_json()
+        check_os(identity, options.policy)
+    except PlatformMismatch as exc:
+        raise fail(str(exc), details) from None
+    policy = options.policy
+    pins = policy.platforms
+    matching = [pin for pin in pins if not pin.mismatches(measured)]
+    if pins and not matching:
+        wrong = "; ".join(
+            f"{pin.name or f'pin {i}'}: {', '.join(pin.mismatches(measured))}"
+            for i, pin in enumerate(pins[:3])
+        )
+        raise fail(f"the platform matches none of the pinned platforms ({wrong})", details)
+    os_text = identity.describe()
+    if not matching:
+        details["vouched_by"] = vouched_by(identity, report, None)
+        return StepResult(
+            Step.PLATFORM,
+            Outcome.UNPINNED,
+            f"nothing pins MRTD and RTMR0-2 (give --policy or --expect-mrtd/--expect-rtmr0-2); "
+            f"OS: {os_text}; vouched for by {details['vouched_by']}",
+            details,
+        )
+    pin = matching[0]
+    details["pin"] = pin.name
+    details["vouched_by"] = vouched_by(identity, report, policy.source)
+    pinned = ", ".join(k for k in pin.values)
+    if pin.missing:
+        return StepResult(
+            Step.PLATFORM,
+            Outcome.UNPINNED,
+            f"{pinned} match, but {', '.join(pin.missing)} are not pinned; OS: {os_text}",
+            details,
+        )
+    return StepResult(
+        Step.PLATFORM,
+        Outcome.PASS,
+        f"not debug; {pinned} match the pinned platform{f' {pin.name!r}' if pin.name else ''}; "
+        f"OS: {os_text}; vouched for by {details['vouched_by']}",
+        details,
+    )
 
 
 def _check_info_binding(evidence: Evidence, state: _State) -> StepResult:
@@ -409,19 +450,19 @@ def _check_info_binding(evidence: Evidence, state: _State) -> StepResult:
     quote = _needs_quote(state)
     report_data = quote.report.report_data
     if evidence.info is None or evidence.declared_report_data is None:
-        raise _Failed("the evidence lacks the /info bytes or the response's reportData")
+        raise fail("the evidence lacks the /info bytes or the response's reportData")
     digest = info_digest(evidence.info)
     details = {
         "info_sha256": digest.hex(),
         "report_data_0_32": report_data[:32].hex(),
         "layout": evidence.layout,
     }
-    if evidence.layout is not None and evidence.layout != LAYOUT:
-        raise _Failed(f"response layout {evidence.layout!r} is not {LAYOUT!r}", details)
+    if evidence.layout != LAYOUT:
+        raise fail(f"response layout {evidence.layout!r} is not {LAYOUT!r}", details)
     if evidence.declared_report_data != report_data:
-        raise _Failed("the response's reportData differs from the quote's report_data", details)
+        raise fail("the response's reportData differs from the quote's report_data", details)
     if digest != report_data[:32]:
-        raise _Failed(
+        raise fail(
             f"sha256(/info) {digest.hex()[:16]}… != report_data[0:32] "
             f"{report_data[:32].hex()[:16]}…: these /info bytes are not what the quote binds",
             details,
@@ -435,122 +476,192 @@ def _check_info_binding(evidence: Evidence, state: _State) -> StepResult:
 
 
 def _check_nonce(evidence: Evidence, state: _State) -> StepResult:
+    if evidence.origin == "evidences":
+        return StepResult(
+            Step.NONCE,
+            Outcome.NOT_APPLICABLE,
+            "not applicable: freshness comes from the live TLS handshake (tls_certificate)",
+        )
     if not evidence.bound:
         return StepResult(
-            Step.NONCE, Outcome.NOT_APPLICABLE, "not applicable: a bare quote has no nonce"
+            Step.NONCE,
+            Outcome.NOT_FRESH,
+            "a bare quote carries no nonce of yours: freshness is not established",
         )
-    quote = _needs_quote(state)
-    found = quote.report.report_data[32:]
+    found = _needs_quote(state).report.report_data[32:]
     expected = evidence.nonce if evidence.nonce is not None else bytes(32)
-    details = {"expected": expected.hex(), "found": found.hex()}
+    details = {"expected": expected.hex(), "found": found.hex(), "origin": evidence.origin}
+    recorded = (
+        "the nonce recorded in the bundle" if evidence.origin == "bundle" else "the nonce sent"
+    )
+    what = recorded if evidence.nonce is not None else "32 zero bytes (no nonce)"
     if found != expected:
-        what = "the nonce sent" if evidence.nonce is not None else "32 zero bytes (no nonce sent)"
-        raise _Failed(
+        raise fail(
             f"report_data[32:64] {found.hex()[:16]}… is not {what}: a stale or replayed quote",
             details,
         )
-    said = "the nonce sent" if evidence.nonce is not None else "zero (no nonce sent)"
-    return StepResult(Step.NONCE, Outcome.PASS, f"report_data[32:64] is {said}", details)
+    if evidence.origin == "bundle":
+        fetched = rfc3339(evidence.fetched_at) if evidence.fetched_at is not None else "unknown"
+        return StepResult(
+            Step.NONCE,
+            Outcome.NOT_FRESH,
+            f"report_data[32:64] is {what}, but offline freshness is not established (the "
+            f"bundle says it was fetched at {fetched}; nothing proves it)",
+            details,
+        )
+    if evidence.nonce is None:
+        return StepResult(
+            Step.NONCE,
+            Outcome.NOT_FRESH,
+            "no nonce was sent (--nonce none): the cached quote may be a replay",
+            details,
+        )
+    return StepResult(Step.NONCE, Outcome.PASS, "report_data[32:64] is the nonce sent", details)
+
+
+def _event_summary(events: tuple[Event, ...]) -> list[dict[str, Any]]:
+    return [{"event": e.event, "payload": e.event_payload.hex()} for e in events]
 
 
 def _check_event_log(evidence: Evidence, state: _State) -> StepResult:
-    quote = _needs_quote(state)
-    if evidence.event_log is None:
-        raise _Failed("no event log: RTMR0-3 and the app identity cannot be checked")
-    events = parse_event_log(evidence.event_log)
-    replay = compare_with_quote(events, quote.report.rtmr)
-    details = {
-        "events": len(events),
-        "replayed_rtmr": [r.hex() for r in replay.replayed],
-        "mismatched": [f"RTMR{i}" for i in replay.mismatched],
+    log = _log(evidence, state)
+    details: dict[str, Any] = {
+        "events": len(log.events),
+        "replayed_rtmr": [r.hex() for r in log.replayed],
+        "mismatched": list(log.mismatched),
     }
-    if replay.mismatched:
-        raise _Failed(f"event log does not replay: {replay.describe_mismatch()}", details)
-    state.events = list(events)
-    state.events_ok = True
+    if log.boot is None:
+        raise fail(log.error or "the event log was not read", details)
+    boot = log.boot
+    details["os_events"] = boot.names
+    details["app_events"] = _event_summary(boot.app_events)
+    later = ""
+    if boot.app_events:
+        names = ", ".join(repr(e.event) for e in boot.app_events[:5])
+        more = f" (+{len(boot.app_events) - 5} more)" if len(boot.app_events) > 5 else ""
+        count = len(boot.app_events)
+        later = f"; {count} app event(s) after boot, never read as OS facts: {names}{more}"
     return StepResult(
         Step.EVENT_LOG,
         Outcome.PASS,
-        f"RTMR0-3 replay from {len(events)} events; runtime digests recomputed",
+        f"RTMR0-3 replay from {len(log.events)} events; RTMR3 holds dstack's OS events in order "
+        f"({len(boot.os_events)}, ending with system-ready){later}",
         details,
     )
 
 
-def _check_compose(state: _State, policy: Policy) -> StepResult:
+def _check_compose(evidence: Evidence, state: _State, options: VerifyOptions) -> StepResult:
     quote = _needs_quote(state)
-    if not state.events_ok:
-        raise _Failed("no replayed event log to read the compose hash from")
-    facts = app_facts(state.events)
-    if facts.compose_hash is None:
-        raise _Failed("the event log has no compose-hash event before system-ready")
-    state.compose_hash = facts.compose_hash
-    state.app_id = facts.app_id
+    log = _log(evidence, state)
+    if log.boot is None:
+        raise fail("no event log read under dstack's rules to take the compose hash from")
+    boot = log.boot
+    policy = options.policy
     details: dict[str, Any] = {
-        "compose_hash": facts.compose_hash.hex(),
-        "app_id": hex_or_none(facts.app_id),
-        "instance_id": hex_or_none(facts.instance_id),
-        "system_ready": facts.system_ready,
+        "compose_hash": boot.compose_hash.hex(),
+        "app_id": boot.app_id.hex(),
+        "instance_id": hex_or_none(boot.instance_id),
+        "key_provider": boot.key_provider,
+        "allowed_compose_hashes": sorted(h.hex() for h in policy.compose_hashes),
     }
     bound = decode_mr_config_id(quote.report.mr_config_id)
     details["mr_config_id_compose_hash"] = hex_or_none(bound)
-    if bound is not None and bound != facts.compose_hash:
-        raise _Failed(
-            f"mr_config_id binds compose hash {bound.hex()[:16]}… but the event log measured "
-            f"{facts.compose_hash.hex()[:16]}…",
+    if bound is not None and bound != boot.compose_hash:
+        raise fail(
+            f"mr_config_id binds compose hash {bound.hex()[:16]}… but the OS measured "
+            f"{boot.compose_hash.hex()[:16]}…",
             details,
         )
-    if policy.expect_compose_hash is not None and policy.expect_compose_hash != facts.compose_hash:
-        raise _Failed(
-            f"compose hash {facts.compose_hash.hex()} != expected "
-            f"{policy.expect_compose_hash.hex()}",
+    if policy.compose_hashes and boot.compose_hash not in policy.compose_hashes:
+        raise fail(
+            f"compose hash {boot.compose_hash.hex()} is not one you pinned ({policy.source})",
             details,
         )
-    if policy.expect_app_id is not None and policy.expect_app_id != facts.app_id:
-        raise _Failed(
-            f"app id {hex_or_none(facts.app_id)} != expected {policy.expect_app_id.hex()}", details
+    if policy.app_ids and boot.app_id not in policy.app_ids:
+        raise fail(f"app id {boot.app_id.hex()} is not one you pinned ({policy.source})", details)
+    said = f"compose hash {boot.compose_hash.hex()[:16]}…, app id {boot.app_id.hex()}"
+    if bound is not None:
+        said += ", agrees with mr_config_id"
+    if not policy.compose_hashes:
+        return StepResult(
+            Step.COMPOSE,
+            Outcome.UNPINNED,
+            f"{said}; nothing pins the compose hash (give --expect-compose-hash or --policy)",
+            details,
         )
-    checked = [
-        what
-        for what, done in (
-            ("mr_config_id", bound is not None),
-            ("--expect-compose-hash", policy.expect_compose_hash is not None),
-            ("--expect-app-id", policy.expect_app_id is not None),
+    app = ", app id pinned" if policy.app_ids else ""
+    return StepResult(Step.COMPOSE, Outcome.PASS, f"{said}; pinned ({policy.source}){app}", details)
+
+
+def collateral_identity(quote: bytes, collateral: dcap_qvl.QuoteCollateralV3) -> dict[str, Any]:
+    """Hashes naming the exact collateral a check used, so anyone can repeat it."""
+
+    def sha(data: bytes | str) -> str:
+        raw = data.encode() if isinstance(data, str) else bytes(data)
+        return hashlib.sha256(raw).hexdigest()
+
+    def evaluation_number(text: str) -> Any:
+        try:
+            return orjson.loads(text).get("tcbEvaluationDataNumber")
+        except (orjson.JSONDecodeError, AttributeError):
+            return None
+
+    return {
+        "quote_sha256": sha(quote),
+        "tcb_info_sha256": sha(collateral.tcb_info),
+        "qe_identity_sha256": sha(collateral.qe_identity),
+        "pck_crl_sha256": sha(bytes(collateral.pck_crl)),
+        "root_ca_crl_sha256": sha(bytes(collateral.root_ca_crl)),
+        "tcb_evaluation_data_number": evaluation_number(collateral.tcb_info),
+        "qe_identity_tcb_evaluation_data_number": evaluation_number(collateral.qe_identity),
+    }
+
+
+def _evidence_facts(evidence: Evidence) -> dict[str, Any]:
+    facts: dict[str, Any] = {"origin": evidence.origin}
+    if evidence.fetched_at is not None:
+        facts["fetched_at"] = rfc3339(evidence.fetched_at)
+        facts["fetched_at_source"] = (
+            "the bundle's own claim, unproven" if evidence.origin == "bundle" else "this run"
         )
-        if done
-    ]
-    against = f", matches {', '.join(checked)}" if checked else " (no expectation given)"
-    return StepResult(
-        Step.COMPOSE,
-        Outcome.PASS,
-        f"compose hash {facts.compose_hash.hex()[:16]}…, "
-        f"app id {hex_or_none(facts.app_id)}{against}",
-        details,
-    )
+    return facts
 
 
 def verify_evidence(
-    evidence: Evidence, policy: Policy, collateral: dcap_qvl.QuoteCollateralV3 | None
+    evidence: Evidence, options: VerifyOptions, collateral: dcap_qvl.QuoteCollateralV3 | None
 ) -> Verdict:
     """Run every step in order (each fail-closed) and return the verdict; never raises."""
     state = _State()
     steps = [
-        _guarded(Step.QUOTE, lambda: _check_quote(evidence, state)),
-        _guarded(Step.SIMULATED, lambda: _check_simulated(state, policy)),
-        _guarded(Step.HARDWARE, lambda: _check_hardware(evidence, state, policy, collateral)),
-        _guarded(Step.TCB_POLICY, lambda: _check_tcb_policy(state, policy)),
-        _guarded(Step.INFO_BINDING, lambda: _check_info_binding(evidence, state)),
-        _guarded(Step.NONCE, lambda: _check_nonce(evidence, state)),
-        _guarded(Step.EVENT_LOG, lambda: _check_event_log(evidence, state)),
-        _guarded(Step.COMPOSE, lambda: _check_compose(state, policy)),
+        guarded(Step.QUOTE, lambda: _check_quote(evidence, state)),
+        guarded(Step.SIMULATED, lambda: _check_simulated(state, options)),
+        guarded(Step.HARDWARE, lambda: _check_hardware(evidence, state, options, collateral)),
+        guarded(Step.TCB_POLICY, lambda: _check_tcb_policy(state, options)),
+        guarded(Step.PLATFORM, lambda: _check_platform(evidence, state, options)),
+        guarded(Step.INFO_BINDING, lambda: _check_info_binding(evidence, state)),
+        guarded(Step.NONCE, lambda: _check_nonce(evidence, state)),
+        guarded(Step.EVENT_LOG, lambda: _check_event_log(evidence, state)),
+        guarded(Step.COMPOSE, lambda: _check_compose(evidence, state, options)),
     ]
     report = state.report
+    boot = state.log.boot if state.log is not None else None
     return Verdict(
         steps=tuple(steps),
+        checked_at=options.at,
+        simulated=state.simulated,
         report_data=state.quote.report.report_data if state.quote is not None else None,
-        compose_hash=state.compose_hash,
-        app_id=state.app_id,
+        compose_hash=boot.compose_hash if boot is not None else None,
+        app_id=boot.app_id if boot is not None else None,
         tcb_status=str(report.status) if report is not None else None,
         advisory_ids=tuple(str(a) for a in report.advisory_ids) if report is not None else (),
-        simulated=state.simulated,
-        checked_at=policy.at,
+        measurements=(
+            {k: v.hex() for k, v in measurements(state.quote.report).items()}
+            if state.quote is not None
+            else {}
+        ),
+        root_ca_sha256=state.chain.last_sha256 if state.chain is not None else None,
+        evidence=_evidence_facts(evidence),
+        collateral=(
+            collateral_identity(evidence.quote, collateral) if collateral is not None else None
+        ),
     )
