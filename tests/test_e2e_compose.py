@@ -7,6 +7,7 @@ Without an engine these tests fail (the stack cannot come up); they never skip.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import secrets
 import shlex
@@ -25,6 +26,8 @@ import aiodocker
 import aiohttp
 import orjson
 import pytest
+
+from tests.verifycli import platform_flags
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -141,8 +144,16 @@ async def test_verifier_accepts_the_stack_with_the_rendered_compose_hash(
 
     dcap = ["--root-ca", str(tmp_path / "root-ca.der")]
     dcap += ["--collateral", str(tmp_path / "collateral.json")]
-    verified = run_cli(
+    unpinned = run_cli(
         "oauth3.verifier.cli", BASE_URL, "--allow-simulated", *dcap,
+        "--expect-compose-hash", compose_hash, "--json",
+    )  # fmt: skip
+    assert unpinned.returncode == 3, unpinned.stdout + unpinned.stderr  # platform not pinned
+    # the relying party's platform pins, taken here from the stack itself (out of band in life)
+    attestation = await asyncio.to_thread(get_json, f"{BASE_URL}/attestation")
+    platform = platform_flags(base64.b64decode(attestation["quote"]))
+    verified = run_cli(
+        "oauth3.verifier.cli", BASE_URL, "--allow-simulated", *dcap, *platform,
         "--expect-compose-hash", compose_hash, "--json",
     )  # fmt: skip
     assert verified.returncode == 0, verified.stdout + verified.stderr
@@ -151,7 +162,7 @@ async def test_verifier_accepts_the_stack_with_the_rendered_compose_hash(
 
     wrong = format(int(compose_hash, 16) ^ 1, "064x")
     refused = run_cli(
-        "oauth3.verifier.cli", BASE_URL, "--allow-simulated", *dcap,
+        "oauth3.verifier.cli", BASE_URL, "--allow-simulated", *dcap, *platform,
         "--expect-compose-hash", wrong, "--json",
     )  # fmt: skip
     assert refused.returncode == 16, refused.stdout + refused.stderr

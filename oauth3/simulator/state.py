@@ -356,7 +356,9 @@ def build_cvm(
         app_id=app_id,
         instance_id=instance_id,
         mr_td=derive.take("mr-td/other" if "other-mrtd" in attacks else "mr-td", 48),
-        mr_config_id=mr_config_id_v1(digest),
+        # the host picks mr_config_id at launch; a host playing the retyping attack leaves it
+        # unused (all zero, as most deployments have it), so it cannot betray the real hash
+        mr_config_id=bytes(48) if "retyped-os-events" in attacks else mr_config_id_v1(digest),
         rtmrs=replay_rtmrs(events),
         events=tuple(events),
         os_image_hash=os_image_hash,

@@ -20,6 +20,7 @@ from .steps import Evidence
 from .verdict import rfc3339
 
 BUNDLE_FORMAT = "oauth3-evidence-bundle/v2"
+LATEST_TIME = 253402300799  # 9999-12-31T23:59:59Z, the last second RFC 3339 can name
 READABLE_FORMATS = ("oauth3-evidence-bundle/v1", BUNDLE_FORMAT)
 
 
@@ -115,6 +116,8 @@ def load_bundle(data: bytes) -> Bundle:
         fetched_at = parse_time(_field(doc, "fetchedAt", str, "bundle"))
     except (ValueError, OverflowError) as exc:
         raise BundleError(f"bundle: fetchedAt: {exc}") from None
+    if not 0 <= fetched_at <= LATEST_TIME:
+        raise BundleError("bundle: fetchedAt is outside 1970..9999")
     return Bundle(
         url=_field(doc, "url", str, "bundle"),
         fetched_at=fetched_at,

@@ -26,7 +26,7 @@ from oauth3.attestation.tcb import TCB_STATUSES
 from oauth3.cli import OneLineParser
 
 from . import evidences
-from .bundle import Bundle, BundleError, load_bundle, parse_time, save_bundle
+from .bundle import LATEST_TIME, Bundle, BundleError, load_bundle, parse_time, save_bundle
 from .collateral import DEFAULT_PCCS_URL, CollateralError, load_collateral
 from .fetch import CollateralSource, FetchError, verify_bundle, verify_evidence, verify_url
 from .files import write_atomically
@@ -57,7 +57,6 @@ from .verdict import (
 PROG = "oauth3-verify"
 # written as commented-out suggestions: they tie a policy to one TDX module and TD shape
 OPTIONAL_OBSERVED = ("mrseam", "xfam", "td_attributes")
-LATEST_TIME = 253402300799  # 9999-12-31T23:59:59Z, the last second RFC 3339 can name
 PLATFORM_FLAGS = {
     "mrtd": "--expect-mrtd",
     "rtmr0": "--expect-rtmr0",
