@@ -364,3 +364,12 @@ def test_pinned_root_is_never_used_for_intel_quotes(vectors: Path) -> None:
     code, doc = verify_json([*report_args(vectors), *pinned])
     assert (code, doc["verdict"], doc["simulated"]) == (5, "NOT_FRESH", False)
     assert step(doc, "hardware")["details"]["root"] == "Intel SGX Root CA"
+
+
+def test_collateral_older_than_the_minimum_tcb_evaluation_fails(vectors: Path) -> None:
+    code, doc = verify_json([*report_args(vectors), "--min-tcb-evaluation", "19"])
+    assert code == 12
+    assert "TCB evaluation 18, older than the minimum 19" in step(doc, "tcb_policy")["reason"]
+    code, doc = verify_json([*report_args(vectors), "--min-tcb-evaluation", "18"])
+    assert code == 5
+    assert step(doc, "tcb_policy")["details"]["tcb_evaluation_data_number"] == 18

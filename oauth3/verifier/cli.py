@@ -160,6 +160,12 @@ def _parser() -> _Parser:
         help="accept this Intel advisory on the platform (repeatable; default none)",
     )
     pins.add_argument(
+        "--min-tcb-evaluation",
+        metavar="N",
+        type=int,
+        help="refuse collateral from an Intel TCB evaluation older than N",
+    )
+    pins.add_argument(
         "--allow-dev-os", action="store_true", help="accept dstack dev OS images (root access)"
     )
     pins.add_argument("--allow-simulated", action="store_true", help="accept simulator quotes")
@@ -237,6 +243,7 @@ def _policy(args: argparse.Namespace) -> Policy:
         platforms=platforms,
         allowed_tcb=frozenset(args.allow_tcb),
         allowed_advisories=frozenset(args.allow_advisory),
+        min_tcb_evaluation=args.min_tcb_evaluation,
         allow_dev_os=args.allow_dev_os,
     )
     if args.policy and pinned_by_flags:
@@ -295,6 +302,7 @@ def observed_policy(verdict: Verdict, previous: Policy) -> Policy:
         platforms=(PlatformPin(name="observed", values=values),),
         allowed_tcb=frozenset([verdict.tcb_status]) if verdict.tcb_status else previous.allowed_tcb,
         allowed_advisories=frozenset(verdict.advisory_ids),
+        min_tcb_evaluation=previous.min_tcb_evaluation,
         allow_dev_os=previous.allow_dev_os,
         simulated_root_sha256=verdict.root_ca_sha256 if verdict.simulated else None,
     )
@@ -307,7 +315,13 @@ def _write_policy(path: str, verdict: Verdict, options: VerifyOptions, subject: 
         return f"policy NOT written to {path}: the hardware was not checked"
     observed = observed_policy(verdict, options.policy)
     optional = {k: bytes.fromhex(verdict.measurements[k]) for k in OPTIONAL_OBSERVED}
-    text = render_policy(observed, f"{subject} at {rfc3339(int(time.time()))}", optional)
+    evaluation = (verdict.collateral or {}).get("tcb_evaluation_data_number")
+    text = render_policy(
+        observed,
+        f"{subject} at {rfc3339(int(time.time()))}",
+        optional,
+        evaluation if isinstance(evaluation, int) else None,
+    )
     try:
         write_atomically(Path(path), text.encode())
     except OSError as exc:

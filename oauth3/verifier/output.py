@@ -7,7 +7,6 @@ sequences, bidirectional overrides and line separators become visible `\\xNN` / 
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,29 +22,18 @@ MARKS = {
     Outcome.NOT_FRESH: "!",
     Outcome.NOT_APPLICABLE: "-",
 }
-# Unicode categories a terminal may act on or that hide text: controls, format characters
-# (bidi overrides, zero-width joiners), line/paragraph separators, surrogates, unassigned
-_INERT_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
-_SAFE_CACHE: dict[str, bool] = {}
 MAX_INT = (1 << 63) - 1
 
 
-def _is_safe(char: str) -> bool:
-    safe = _SAFE_CACHE.get(char)
-    if safe is None:
-        safe = unicodedata.category(char) not in _INERT_CATEGORIES
-        if len(_SAFE_CACHE) < 4096:
-            _SAFE_CACHE[char] = safe
-    return safe
-
-
 def printable(text: str) -> str:
-    """`text` with every character a terminal could act on replaced by a visible escape."""
-    if text.isascii() and text.isprintable():
+    """`text` with every character that is not printable (controls, escape sequences, format
+    characters such as bidi overrides, separators other than the space, surrogates, private-use
+    and unassigned code points) replaced by a visible escape."""
+    if text.isprintable():
         return text
     out = []
     for char in text:
-        if _is_safe(char):
+        if char.isprintable():
             out.append(char)
         elif ord(char) < 0x100:
             out.append(f"\\x{ord(char):02x}")
@@ -79,7 +67,7 @@ def json_text(document: Mapping[str, Any]) -> str:
     text = orjson.dumps(jsonable(document), option=orjson.OPT_INDENT_2).decode()
     if text.isascii():
         return text
-    return "".join(c if c.isascii() or _is_safe(c) else _json_escape(c) for c in text)
+    return "".join(c if c.isascii() or c.isprintable() else _json_escape(c) for c in text)
 
 
 def _json_escape(char: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,7 @@ class Policy:
     platforms: tuple[PlatformPin, ...] = ()
     allowed_tcb: frozenset[str] = DEFAULT_ALLOWED_TCB
     allowed_advisories: frozenset[str] = frozenset()
+    min_tcb_evaluation: int | None = None
     allow_dev_os: bool = False
     simulated_root_sha256: bytes | None = None
     source: str = "command-line flags"
@@ -175,7 +176,9 @@ def parse_policy(text: str, source: str) -> Policy:
     if doc.get("format") != POLICY_FORMAT:
         raise PolicyError(f"format must be {POLICY_FORMAT}, got {doc.get('format')!r}")
     app = _table(doc, "app", ["compose_hashes", "app_ids"])
-    tcb = _table(doc, "tcb", ["allowed_statuses", "allowed_advisories"])
+    tcb = _table(
+        doc, "tcb", ["allowed_statuses", "allowed_advisories", "min_evaluation_data_number"]
+    )
     os_table = _table(doc, "os", ["allow_dev"])
     simulated = _table(doc, "simulated", ["root_ca_sha256"])
     platforms_raw = doc.get("platform", [])
@@ -195,6 +198,9 @@ def parse_policy(text: str, source: str) -> Policy:
         raise PolicyError("[os].allow_dev must be true or false")
     root = simulated.get("root_ca_sha256")
     statuses = tcb.get("allowed_statuses")
+    minimum = tcb.get("min_evaluation_data_number")
+    if minimum is not None and (not isinstance(minimum, int) or isinstance(minimum, bool)):
+        raise PolicyError("[tcb].min_evaluation_data_number must be an integer")
     return Policy(
         compose_hashes=_hex_set(app, "compose_hashes", "[app]", 32),
         app_ids=_hex_set(app, "app_ids", "[app]", 20),
@@ -205,6 +211,7 @@ def parse_policy(text: str, source: str) -> Policy:
             else DEFAULT_ALLOWED_TCB
         ),
         allowed_advisories=frozenset(_strings(tcb, "allowed_advisories", "[tcb]")),
+        min_tcb_evaluation=minimum,
         allow_dev_os=allow_dev,
         simulated_root_sha256=(
             _hex(root, "[simulated].root_ca_sha256", 32) if root is not None else None
@@ -262,11 +269,15 @@ HEADER = """\
 
 
 def render_policy(
-    policy: Policy, observed_from: str, suggested: Mapping[str, bytes] | None = None
+    policy: Policy,
+    observed_from: str,
+    suggested: Mapping[str, bytes] | None = None,
+    observed_evaluation: int | None = None,
 ) -> str:
     """The commented TOML text of a policy (what --write-policy writes); `suggested` platform
-    values are written commented out, for the reader to enable."""
-    parts = [HEADER, f"# observed from: {observed_from}\n" if observed_from else "", "format = 1\n"]
+    values and the observed TCB evaluation number are written commented out, to enable."""
+    seen = toml_string(" ".join(observed_from.split()))[1:-1]
+    parts = [HEADER, f"# observed from: {seen}\n" if observed_from else "", "format = 1\n"]
     parts.append(
         "\n[app]\n"
         "# SHA-256 of the exact app-compose.json the CVM booted (RTMR3 compose-hash event).\n"
@@ -296,7 +307,15 @@ def render_policy(
         f"allowed_statuses = {_string_list(policy.allowed_tcb)}\n"
         "# Intel security advisories (INTEL-SA-...) accepted on the platform; any other fails.\n"
         f"allowed_advisories = {_string_list(policy.allowed_advisories)}\n"
-        "\n[os]\n"
+        "# Refuse collateral older than this Intel TCB evaluation (a TCB recovery raises it).\n"
+        + (
+            f"min_evaluation_data_number = {policy.min_tcb_evaluation}\n"
+            if policy.min_tcb_evaluation is not None
+            else f"# min_evaluation_data_number = {observed_evaluation}\n"
+            if observed_evaluation is not None
+            else ""
+        )
+        + "\n[os]\n"
         "# dstack dev images allow root login and debugging: refused unless this is true.\n"
         f"allow_dev = {'true' if policy.allow_dev_os else 'false'}\n"
     )
@@ -310,29 +329,37 @@ def render_policy(
     return "".join(parts)
 
 
+def _stricter_minimum(current: int | None, given: int) -> int:
+    return given if current is None else max(current, given)
+
+
+# how a flag combines with the file's value: allow-lists widen, a minimum takes the stricter
+COMBINE: Mapping[str, Callable[[Any, Any], Any]] = {
+    "allowed_tcb": frozenset.union,
+    "allowed_advisories": frozenset.union,
+    "allow_dev_os": bool.__or__,
+    "min_tcb_evaluation": _stricter_minimum,
+}
+
+
 def merge(base: Policy, **flags: Any) -> Policy:
-    """`base` with the command line's values: allow-lists widen, pins may come from one place
-    only (PolicyError when a pin is given both in the file and as a flag)."""
+    """`base` with the command line's values: allow-lists widen, minima take the stricter,
+    pins may come from one place only (PolicyError when given both in the file and as a flag)."""
+    known = {f.name for f in fields(Policy)}
+    unknown = sorted(set(flags) - known)
+    if unknown:
+        raise ValueError(f"unknown policy field {unknown[0]}")
     changes: dict[str, Any] = {}
     for name, value in flags.items():
         if value is None or value in (frozenset(), ()):
             continue
         current = getattr(base, name)
-        widening: dict[str, Callable[[Any, Any], Any]] = {
-            "allowed_tcb": frozenset.union,
-            "allowed_advisories": frozenset.union,
-            "allow_dev_os": bool.__or__,
-        }
-        if name in widening:
-            changes[name] = widening[name](current, value)
+        if name in COMBINE:
+            changes[name] = COMBINE[name](current, value)
         elif current in (frozenset(), (), None):
             changes[name] = value
         else:
             raise PolicyError(
                 f"{name.replace('_', ' ')} is pinned both in {base.source} and by a flag"
             )
-    known = {f.name for f in fields(Policy)}
-    unknown = sorted(set(flags) - known)
-    if unknown:
-        raise ValueError(f"unknown policy field {unknown[0]}")
-    return Policy(**{**{f.name: getattr(base, f.name) for f in fields(Policy)}, **changes})
+    return replace(base, **changes)

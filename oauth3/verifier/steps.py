@@ -347,7 +347,18 @@ def _check_hardware(
     )
 
 
-def _check_tcb_policy(state: _State, options: VerifyOptions) -> StepResult:
+def evaluation_number(signed_json: str) -> int | None:
+    """The tcbEvaluationDataNumber of a TCB info or QE identity document (None if unreadable)."""
+    try:
+        number = orjson.loads(signed_json).get("tcbEvaluationDataNumber")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return number if isinstance(number, int) and not isinstance(number, bool) else None
+
+
+def _check_tcb_policy(
+    state: _State, options: VerifyOptions, collateral: dcap_qvl.QuoteCollateralV3 | None
+) -> StepResult:
     policy = options.policy
     allowed = sorted(policy.allowed_tcb)
     if options.skip_dcap:
@@ -359,11 +370,14 @@ def _check_tcb_policy(state: _State, options: VerifyOptions) -> StepResult:
     status = str(state.report.status)
     advisories = sorted(str(a) for a in state.report.advisory_ids)
     refused = [a for a in advisories if a not in policy.allowed_advisories]
+    evaluation = evaluation_number(collateral.tcb_info) if collateral is not None else None
     details = {
         "status": status,
         "allowed": allowed,
         "advisory_ids": advisories,
         "allowed_advisories": sorted(policy.allowed_advisories),
+        "tcb_evaluation_data_number": evaluation,
+        "min_tcb_evaluation": policy.min_tcb_evaluation,
     }
     if status not in policy.allowed_tcb:
         raise fail(
@@ -375,6 +389,13 @@ def _check_tcb_policy(state: _State, options: VerifyOptions) -> StepResult:
         raise fail(
             f"advisories {', '.join(refused)} are not accepted (accept each with "
             "--allow-advisory ID or the policy's [tcb] allowed_advisories)",
+            details,
+        )
+    minimum = policy.min_tcb_evaluation
+    if minimum is not None and (evaluation is None or evaluation < minimum):
+        raise fail(
+            f"the collateral comes from TCB evaluation {evaluation}, older than the minimum "
+            f"{minimum} you set: fetch current collateral (--pccs)",
             details,
         )
     listed = f", advisories {', '.join(advisories)} accepted" if advisories else ", no advisories"
@@ -600,12 +621,6 @@ def collateral_identity(quote: bytes, collateral: dcap_qvl.QuoteCollateralV3) ->
         raw = data.encode() if isinstance(data, str) else bytes(data)
         return hashlib.sha256(raw).hexdigest()
 
-    def evaluation_number(text: str) -> Any:
-        try:
-            return orjson.loads(text).get("tcbEvaluationDataNumber")
-        except (orjson.JSONDecodeError, AttributeError):
-            return None
-
     return {
         "quote_sha256": sha(quote),
         "tcb_info_sha256": sha(collateral.tcb_info),
@@ -636,7 +651,7 @@ def verify_evidence(
         guarded(Step.QUOTE, lambda: _check_quote(evidence, state)),
         guarded(Step.SIMULATED, lambda: _check_simulated(state, options)),
         guarded(Step.HARDWARE, lambda: _check_hardware(evidence, state, options, collateral)),
-        guarded(Step.TCB_POLICY, lambda: _check_tcb_policy(state, options)),
+        guarded(Step.TCB_POLICY, lambda: _check_tcb_policy(state, options, collateral)),
         guarded(Step.PLATFORM, lambda: _check_platform(evidence, state, options)),
         guarded(Step.INFO_BINDING, lambda: _check_info_binding(evidence, state)),
         guarded(Step.NONCE, lambda: _check_nonce(evidence, state)),
