@@ -26,7 +26,8 @@ SIDECAR_PREFIX = "oauth3_sidecar_"
 MAX_SIDECAR_METRICS_BYTES = 1 << 20
 REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 AGENT_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-QUOTE_OUTCOMES = ("cached", "fresh", "coalesced", "refreshed", "rejected")
+QUOTE_OUTCOMES = ("cached", "fresh", "coalesced", "refreshed", "batched", "rejected")
+BATCH_BUCKETS = tuple(float(2**n) for n in range(13))
 AGENT_ERROR_KINDS = (
     "unavailable",
     "timeout",
@@ -110,6 +111,12 @@ class ServiceMetrics(_RequestFigures):
             registry=self.registry,
         )
         self.cache_age.set(math.inf)
+        self.batch_size = Histogram(
+            "oauth3_quote_batch_size",
+            "Distinct nonces in one oauth3/v2 quote",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
         self.cache_refreshes = Counter(
             "oauth3_cache_refreshes",
             "Background refreshes of the cached quote, by result (ok, error)",

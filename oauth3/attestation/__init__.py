@@ -30,6 +30,8 @@ from .evidence import Evidence, evidence_from_document, load_evidence
 from .quote import Quote, QuoteHeader, SignatureData, TdReport, parse_quote
 from .report_data import (
     LAYOUT,
+    LAYOUT_V2,
+    LAYOUTS,
     BoundReportData,
     info_digest,
     parse_nonce,
@@ -40,6 +42,8 @@ from .rtmr3 import BootRecord, read_boot_record
 
 __all__ = [
     "LAYOUT",
+    "LAYOUTS",
+    "LAYOUT_V2",
     "RUNTIME_EVENT_TYPE",
     "AttestationError",
     "BootRecord",

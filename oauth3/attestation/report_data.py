@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from .errors import ReportDataError
 
 LAYOUT = "oauth3/v1"
+LAYOUT_V2 = "oauth3/v2"  # [32:64] is the Merkle root over a batch's nonces (see merkle.py)
+LAYOUTS = (LAYOUT, LAYOUT_V2)
 REPORT_DATA_SIZE = 64
 NONCE_SIZE = 32
 NONCE_HEX_CHARS = 2 * NONCE_SIZE

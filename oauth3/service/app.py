@@ -11,7 +11,7 @@ import structlog
 from aiohttp import web
 
 from oauth3 import package_version
-from oauth3.attestation import ReportDataError, parse_nonce
+from oauth3.attestation import LAYOUT, LAYOUT_V2, LAYOUTS, ReportDataError, parse_nonce
 from oauth3.httpmw import REQUEST_ID, note, request_middleware
 from oauth3.metrics import ServiceMetrics, ServiceScraper, metrics_listener
 from oauth3.problem import Problem
@@ -40,10 +40,22 @@ async def get_info(request: web.Request) -> web.Response:
     return web.Response(body=info.body, content_type="application/json", headers=headers)
 
 
+def _layout_from_query(request: web.Request) -> str:
+    values = request.query.getall("layout", [])
+    if len(values) > 1:
+        raise Problem(400, "layout was given more than once")
+    layout = values[0] if values else LAYOUT
+    if layout not in LAYOUTS:
+        raise Problem(400, f"layout must be one of {', '.join(LAYOUTS)}")
+    return layout
+
+
 def _nonce_from_query(request: web.Request) -> bytes | None:
-    unknown = sorted(set(request.query) - {"nonce"})
+    unknown = sorted(set(request.query) - {"nonce", "layout"})
     if unknown:
-        raise Problem(400, f"unknown query parameter {unknown[0]!r}; only 'nonce' is accepted")
+        raise Problem(
+            400, f"unknown query parameter {unknown[0]!r}; only 'nonce' and 'layout' are accepted"
+        )
     values = request.query.getall("nonce", [])
     if not values:
         return None
@@ -68,12 +80,17 @@ def _agent_problem(exc: AgentError) -> Problem:
 async def get_attestation(request: web.Request) -> web.Response:
     """GET /attestation[?nonce=<64 hex>]: a quote whose report_data binds /info (and the nonce)."""
     nonce = _nonce_from_query(request)
+    layout = _layout_from_query(request)
+    if layout == LAYOUT_V2 and nonce is None:
+        raise Problem(400, f"layout {LAYOUT_V2} needs a nonce: it binds a tree of nonces")
     provider = request.app[QUOTES]
     note(request, nonce=nonce is not None)
     try:
         outcome: QuoteOutcome
         if nonce is None:
             outcome = await provider.cached(request[REQUEST_ID])
+        elif layout == LAYOUT_V2:
+            outcome = await provider.batched(nonce, request[REQUEST_ID])
         else:
             outcome = await provider.fresh(nonce, request[REQUEST_ID])
     except AgentError as exc:
@@ -135,11 +152,14 @@ async def sidecar_client(app: web.Application) -> AsyncIterator[None]:
         max_age=settings.cache_max_age,
         retry_after=settings.retry_after,
         max_pending=settings.max_pending_quotes,
+        max_batch=settings.max_batch,
+        batch_wait=settings.batch_wait,
         metrics=app[METRICS],
     )
     app[QUOTES] = provider
     app[METRICS].watch_cache_age(lambda: provider.cache_age)
     yield
+    await provider.close()
     await client.close()
 
 

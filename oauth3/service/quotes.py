@@ -16,6 +16,7 @@ from oauth3.attestation import LAYOUT, AttestationError, parse_quote, report_dat
 from oauth3.metrics import ServiceMetrics
 
 from .agent import AgentBadAnswerError, AgentError, AgentQuote, AgentUnavailableError, SidecarClient
+from .batches import NonceBatcher
 
 log = structlog.get_logger("service")
 
@@ -84,6 +85,8 @@ class QuoteProvider:
         max_age: float,
         retry_after: int,
         max_pending: int = 17,
+        max_batch: int = 4096,
+        batch_wait: float = 30.0,
         metrics: ServiceMetrics | None = None,
     ) -> None:
         self._client = client
@@ -95,14 +98,22 @@ class QuoteProvider:
         self._max_pending = max_pending
         self._cached: ServedQuote | None = None
         self._inflight: dict[bytes | None, asyncio.Task[ServedQuote]] = {}
+        self._batcher = NonceBatcher(
+            self.checked_quote,
+            info_digest,
+            max_batch=max_batch,
+            max_wait=batch_wait,
+            retry_after=retry_after,
+            observe=metrics.batch_size.observe if metrics is not None else None,
+        )
 
     @property
     def cache_age(self) -> float | None:
         """Seconds since the cached quote was made, or None when there is none."""
         return None if self._cached is None else time.monotonic() - self._cached.created
 
-    async def _fetch(self, nonce: bytes | None, request_id: str) -> ServedQuote:
-        report_data = report_data_for(self._digest, nonce)
+    async def checked_quote(self, report_data: bytes, request_id: str) -> AgentQuote:
+        """A quote over exactly these 64 bytes, its binding checked (never served otherwise)."""
         started = time.perf_counter()
         answer = await self._client.get_quote(report_data, request_id)
         if self._metrics is not None:
@@ -114,6 +125,11 @@ class QuoteProvider:
         except AgentBadAnswerError as exc:
             log.error("quote_binding_refused", reason=exc.reason, detail=exc.log_detail)
             raise
+        return answer
+
+    async def _fetch(self, nonce: bytes | None, request_id: str) -> ServedQuote:
+        report_data = report_data_for(self._digest, nonce)
+        answer = await self.checked_quote(report_data, request_id)
         return ServedQuote(
             body=attestation_body(answer, report_data, nonce),
             created=time.monotonic(),
@@ -171,6 +187,16 @@ class QuoteProvider:
             raise AgentUnavailableError("quote queue is full", retry_after=self._retry_after)
         served, coalesced = await self._shared(nonce, lambda: self._fetch(nonce, request_id))
         return QuoteOutcome(served, "coalesced" if coalesced else "fresh")
+
+    async def batched(self, nonce: bytes, request_id: str) -> QuoteOutcome:
+        """An oauth3/v2 quote: this nonce joins the next batch; the body carries its proof."""
+        quoted, index = await self._batcher.join(nonce, request_id)
+        served = ServedQuote(quoted.body(nonce, index), time.monotonic(), quoted.agent)
+        return QuoteOutcome(served, "batched")
+
+    async def close(self) -> None:
+        """Stop the batch quoter (the refresher is the app's own task)."""
+        await self._batcher.close()
 
     async def run_refresher(self) -> None:
         """Keep the cached quote fresh forever; failures back off and keep the last good quote."""

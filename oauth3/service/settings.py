@@ -62,6 +62,8 @@ class ServiceSettings:
     metrics_port: int = 0  # off unless asked for; from_env defaults to DEFAULT_METRICS_PORT
     limits: Limits = field(default_factory=Limits)
     max_pending_quotes: int = 17  # the sidecar's default queue (16) plus the quote in the agent
+    max_batch: int = 4096  # distinct nonces in one oauth3/v2 quote
+    batch_wait: float = 30.0  # how long a batched request waits for its quote (then 504)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
@@ -88,6 +90,8 @@ class ServiceSettings:
             log_level=log_level(env),
             limits=limits(env, "OAUTH3_"),
             max_pending_quotes=integer(env, "OAUTH3_MAX_PENDING_QUOTES", 17, 1, 10_001),
+            max_batch=integer(env, "OAUTH3_MAX_BATCH", 4096, 1, 1 << 20),
+            batch_wait=number(env, "OAUTH3_BATCH_WAIT", 30.0, 0.01, 600),
             metrics_host=env.get("OAUTH3_METRICS_HOST", "127.0.0.1"),
             metrics_port=integer(env, "OAUTH3_METRICS_PORT", DEFAULT_METRICS_PORT, 0, 65535),
         )

@@ -144,4 +144,5 @@ def evidence_from_bundle(bundle: Bundle, *, online: bool) -> Evidence:
         layout=_optional(response, "layout", str, where),
         nonce=bundle.nonce,
         fetched_at=bundle.fetched_at,
+        merkle=response.get("merkle"),
     )

@@ -125,6 +125,11 @@ def _parser() -> _Parser:
     parser.add_argument(
         "--nonce", default="auto", help="auto (fresh random, default), none, or 64 hex digits"
     )
+    parser.add_argument(
+        "--no-batch",
+        action="store_true",
+        help="ask for a quote of its own (oauth3/v1) instead of a place in a batch (oauth3/v2)",
+    )
     parser.add_argument("--save-bundle", metavar="FILE", help="save the fetched evidence")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--collateral", metavar="FILE", help="QuoteCollateralV3 JSON file")
@@ -264,8 +269,8 @@ def _check_usage(args: argparse.Namespace) -> None:
         )
     if args.root_ca is not None and not args.allow_simulated:
         _usage("error: --root-ca is only accepted with --allow-simulated")
-    if args.url is None and (args.save_bundle is not None or args.nonce != "auto"):
-        _usage("error: --nonce and --save-bundle apply to URL mode only")
+    if args.url is None and (args.save_bundle is not None or args.nonce != "auto" or args.no_batch):
+        _usage("error: --nonce, --no-batch and --save-bundle apply to URL mode only")
     if args.event_log is not None and args.dstack_quote is None:
         _usage("error: --event-log applies to --dstack-quote only")
     if not args.timeout > 0:
@@ -356,7 +361,14 @@ def _run(argv: list[str] | None, out: TextIO) -> int:
     elif args.url is not None:
         nonce = _nonce_arg(args.nonce)
         verdict, fetched = asyncio.run(
-            verify_url(args.url, options, source, nonce=nonce, request_timeout=args.timeout)
+            verify_url(
+                args.url,
+                options,
+                source,
+                nonce=nonce,
+                batch=not args.no_batch,
+                request_timeout=args.timeout,
+            )
         )
         if args.save_bundle is not None:
             try:

@@ -9,7 +9,7 @@ import aiohttp
 import dcap_qvl
 import orjson
 
-from oauth3.attestation import parse_quote
+from oauth3.attestation import LAYOUT_V2, parse_quote
 
 from .bundle import Bundle, BundleError, evidence_from_bundle
 from .collateral import DEFAULT_PCCS_URL, fetch_collateral, load_collateral
@@ -58,12 +58,17 @@ async def _get(session: aiohttp.ClientSession, url: str) -> bytes:
     return body
 
 
-async def fetch_evidence(session: aiohttp.ClientSession, url: str, nonce: bytes | None) -> Bundle:
-    """GET `<url>/info` (bytes kept exactly) and `<url>/attestation[?nonce=hex]`."""
+async def fetch_evidence(
+    session: aiohttp.ClientSession, url: str, nonce: bytes | None, *, batch: bool = True
+) -> Bundle:
+    """GET `<url>/info` (bytes kept exactly) and `<url>/attestation[?nonce=hex]`, asking for a
+    batched (oauth3/v2) quote when there is a nonce, unless `batch` is off."""
     base = url.rstrip("/")
     fetched_at = int(time.time())
     info = await _get(session, f"{base}/info")
     query = f"?nonce={nonce.hex()}" if nonce is not None else ""
+    if nonce is not None and batch:
+        query += f"&layout={LAYOUT_V2}"
     body = await _get(session, f"{base}/attestation{query}")
     try:
         attestation = orjson.loads(body)
@@ -145,12 +150,13 @@ async def verify_url(
     source: CollateralSource,
     *,
     nonce: bytes | None,
+    batch: bool = True,
     request_timeout: float = DEFAULT_TIMEOUT,
 ) -> tuple[Verdict, Bundle]:
     """Fetch /info and /attestation from a running oauth3 service and verify them.
     Raises FetchError, BundleError or CollateralError (exit code 2 on the command line)."""
     async with client_session(request_timeout) as session:
-        bundle = await fetch_evidence(session, url, nonce)
+        bundle = await fetch_evidence(session, url, nonce, batch=batch)
     return await verify_bundle(
         bundle, options, source, online=True, request_timeout=request_timeout
     )

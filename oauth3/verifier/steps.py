@@ -19,7 +19,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from oauth3.attestation import (
-    LAYOUT,
+    LAYOUT_V2,
+    LAYOUTS,
     Event,
     Quote,
     compare_with_quote,
@@ -28,6 +29,7 @@ from oauth3.attestation import (
     parse_event_log,
     parse_quote,
 )
+from oauth3.attestation.merkle import HASH_SIZE, MerkleError, root_from_path
 from oauth3.attestation.rtmr3 import BootRecord, read_boot_record
 
 from .collateral import collateral_window
@@ -90,6 +92,7 @@ class Evidence:
     layout: str | None = None
     nonce: bytes | None = None
     fetched_at: int | None = None
+    merkle: object = None  # the response's inclusion proof (oauth3/v2), as received
 
     @property
     def bound(self) -> bool:
@@ -478,8 +481,8 @@ def _check_info_binding(evidence: Evidence, state: _State) -> StepResult:
         "report_data_0_32": report_data[:32].hex(),
         "layout": evidence.layout,
     }
-    if evidence.layout != LAYOUT:
-        raise fail(f"response layout {evidence.layout!r} is not {LAYOUT!r}", details)
+    if evidence.layout not in LAYOUTS:
+        raise fail(f"response layout {evidence.layout!r} is none of {', '.join(LAYOUTS)}", details)
     if evidence.declared_report_data != report_data:
         raise fail("the response's reportData differs from the quote's report_data", details)
     if digest != report_data[:32]:
@@ -493,6 +496,71 @@ def _check_info_binding(evidence: Evidence, state: _State) -> StepResult:
         Outcome.PASS,
         f"sha256(/info) == report_data[0:32] ({digest.hex()[:16]}…)",
         details,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class InclusionProof:
+    """An oauth3/v2 response's proof that a nonce is a leaf of the quoted batch."""
+
+    leaf_index: int
+    batch_size: int
+    path: tuple[bytes, ...]
+
+
+def read_proof(document: object) -> InclusionProof:
+    """The `merkle` member of an oauth3/v2 response; a _Failed naming what is malformed."""
+    if not isinstance(document, dict):
+        raise fail("an oauth3/v2 response must carry its inclusion proof ('merkle')")
+    index, size, path = document.get("leafIndex"), document.get("batchSize"), document.get("path")
+    if type(index) is not int or type(size) is not int:  # bool is an int subclass: refuse it
+        raise fail("the inclusion proof's leafIndex and batchSize must be integers")
+    if not isinstance(path, list) or not all(isinstance(p, str) for p in path):
+        raise fail("the inclusion proof's path must be a list of hex strings")
+    try:
+        siblings = tuple(bytes.fromhex(p) for p in path)
+    except ValueError:
+        raise fail("the inclusion proof's path is not hex") from None
+    if any(len(s) != HASH_SIZE for s in siblings):
+        raise fail(f"every hash of the inclusion proof's path must be {HASH_SIZE} bytes")
+    return InclusionProof(index, size, siblings)
+
+
+def _nonce_binding(evidence: Evidence, found: bytes, details: dict[str, Any]) -> str:
+    """Check report_data[32:64] against the nonce (v1: equal; v2: the batch root it leads to);
+    return how it is bound, or raise naming the mismatch."""
+    expected = evidence.nonce if evidence.nonce is not None else bytes(32)
+    recorded = (
+        "the nonce recorded in the bundle" if evidence.origin == "bundle" else "the nonce sent"
+    )
+    what = recorded if evidence.nonce is not None else "32 zero bytes (no nonce)"
+    if evidence.layout != LAYOUT_V2:
+        details["expected"] = expected.hex()
+        if found != expected:
+            raise fail(
+                f"report_data[32:64] {found.hex()[:16]}… is not {what}: a stale or replayed quote",
+                details,
+            )
+        return f"report_data[32:64] is {what}"
+    if evidence.nonce is None:
+        raise fail("an oauth3/v2 answer to a request without a nonce", details)
+    proof = read_proof(evidence.merkle)
+    details.update(leaf_index=proof.leaf_index, batch_size=proof.batch_size)
+    try:
+        root = root_from_path(evidence.nonce, proof.leaf_index, proof.batch_size, proof.path)
+    except MerkleError as exc:
+        raise fail(f"the inclusion proof of {what} is malformed: {exc}", details) from None
+    details["root"] = root.hex()
+    if root != found:
+        raise fail(
+            f"{what} at leaf {proof.leaf_index} of {proof.batch_size} leads to root "
+            f"{root.hex()[:16]}…, not report_data[32:64] {found.hex()[:16]}…: not this quote's "
+            "batch",
+            details,
+        )
+    return (
+        f"{what} is leaf {proof.leaf_index} of the {proof.batch_size}-nonce batch whose Merkle "
+        "root is report_data[32:64]"
     )
 
 
@@ -510,24 +578,19 @@ def _check_nonce(evidence: Evidence, state: _State) -> StepResult:
             "a bare quote carries no nonce of yours: freshness is not established",
         )
     found = _needs_quote(state).report.report_data[32:]
-    expected = evidence.nonce if evidence.nonce is not None else bytes(32)
-    details = {"expected": expected.hex(), "found": found.hex(), "origin": evidence.origin}
-    recorded = (
-        "the nonce recorded in the bundle" if evidence.origin == "bundle" else "the nonce sent"
-    )
-    what = recorded if evidence.nonce is not None else "32 zero bytes (no nonce)"
-    if found != expected:
-        raise fail(
-            f"report_data[32:64] {found.hex()[:16]}… is not {what}: a stale or replayed quote",
-            details,
-        )
+    details: dict[str, Any] = {
+        "found": found.hex(),
+        "origin": evidence.origin,
+        "layout": evidence.layout,
+    }
+    bound = _nonce_binding(evidence, found, details)
     if evidence.origin == "bundle":
         fetched = rfc3339(evidence.fetched_at) if evidence.fetched_at is not None else "unknown"
         return StepResult(
             Step.NONCE,
             Outcome.NOT_FRESH,
-            f"report_data[32:64] is {what}, but offline freshness is not established (the "
-            f"bundle says it was fetched at {fetched}; nothing proves it)",
+            f"{bound}, but offline freshness is not established (the bundle says it was "
+            f"fetched at {fetched}; nothing proves it)",
             details,
         )
     if evidence.nonce is None:
@@ -537,7 +600,7 @@ def _check_nonce(evidence: Evidence, state: _State) -> StepResult:
             "no nonce was sent (--nonce none): the cached quote may be a replay",
             details,
         )
-    return StepResult(Step.NONCE, Outcome.PASS, "report_data[32:64] is the nonce sent", details)
+    return StepResult(Step.NONCE, Outcome.PASS, bound, details)
 
 
 def _event_summary(events: tuple[Event, ...]) -> list[dict[str, Any]]:
