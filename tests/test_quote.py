@@ -127,3 +127,18 @@ def test_declared_length_beyond_end(vectors: Path) -> None:
 def test_rejects_non_bytes() -> None:
     with pytest.raises(QuoteFormatError, match="expected bytes"):
         parse_quote("0400")  # type: ignore[arg-type]
+
+
+def test_the_vectors_are_the_upstream_bytes_named_in_the_notice(vectors: Path) -> None:
+    lines = (vectors / "NOTICE").read_text().splitlines()
+    listed = dict(
+        reversed(line.split("  ", 1)) for line in lines if len(line) > 66 and line[64:66] == "  "
+    )
+    files = sorted(
+        str(p.relative_to(vectors))
+        for p in vectors.rglob("*")
+        if p.is_file() and p.parent != vectors and "LICENSES" not in p.parts
+    )
+    assert sorted(listed) == files
+    for name, digest in listed.items():
+        assert hashlib.sha256((vectors / name).read_bytes()).hexdigest() == digest, name

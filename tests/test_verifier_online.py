@@ -297,10 +297,12 @@ async def test_saved_bundle_repeats_the_check_offline_but_not_freshness(
     offline = await verify(offline_args)
     assert online[0] == 0
     assert (offline[0], offline[1]["verdict"]) == (5, "NOT_FRESH")
+    # the same outcomes and details, but the check time (hardware) and the nonce's freshness
     changed = [
         (a["name"], a["outcome"], b["outcome"])
         for a, b in zip(online[1]["steps"], offline[1]["steps"], strict=True)
-        if a["outcome"] != b["outcome"] or a["details"] != b["details"] and a["name"] != "hardware"
+        if a["outcome"] != b["outcome"]
+        or (a["details"] != b["details"] and a["name"] != "hardware")
     ]
     assert changed == [("nonce", "pass", "not_fresh")]
     assert "recorded in the bundle" in step(offline[1], "nonce")["reason"]
