@@ -44,7 +44,7 @@ def short_socket_dir() -> Path:
 
 class FakeAgent:
     """A guest agent whose behaviour a test sets: ok, stall, garbage, truncated, wrong_report_data,
-    400, 500, drop (connection closed mid-answer)."""
+    400, 500, redirect (307 to /GetKey), drop (connection closed mid-answer)."""
 
     def __init__(self) -> None:
         self.mode = "ok"
@@ -86,6 +86,8 @@ class FakeAgent:
         return response
 
     async def _answer(self, method: str, body: bytes) -> web.StreamResponse:
+        if self.mode == "redirect":
+            raise web.HTTPTemporaryRedirect("/GetKey")
         if self.mode == "500":
             return web.Response(status=500, text="agent exploded: secret-internal-detail")
         if self.mode == "400":

@@ -44,8 +44,8 @@ async def stack() -> AsyncIterator[Stack]:
         yield Stack(agent, settings, settings.socket)
 
 
-async def test_getquote_forwarded_unchanged(stack: Stack) -> None:
-    body = b'{"report_data":"' + b"ab" * 32 + b'"}'
+async def test_getquote_forwards_a_body_the_sidecar_built(stack: Stack) -> None:
+    body = b'{"report_data": "0xAB' + b"ab" * 31 + b'", "extra": [1, 2, {"x": "GetKey"}]}'
     async with (
         unix_session(stack.sock) as session,
         session.post(
@@ -58,14 +58,40 @@ async def test_getquote_forwarded_unchanged(stack: Stack) -> None:
         assert response.headers["X-Request-ID"] == "req-123"
         answer = await response.json()
     assert answer["report_data"] == "ab" * 32 + "00" * 32
-    assert stack.agent.calls == [("GetQuote", "POST", body, "req-123")]
+    forwarded = b'{"report_data":"' + b"ab" * 32 + b'"}'
+    assert stack.agent.calls == [("GetQuote", "POST", forwarded, "req-123")]
 
 
-async def test_info_forwarded(stack: Stack) -> None:
-    async with unix_session(stack.sock) as session, session.post("http://s/Info") as response:
+@pytest.mark.parametrize("body", [b"", b"{}", b'{"anything": ["goes", 1]}'])
+async def test_info_forwards_an_empty_object(stack: Stack, body: bytes) -> None:
+    async with (
+        unix_session(stack.sock) as session,
+        session.post("http://s/Info", data=body) as response,
+    ):
         assert response.status == 200
         assert (await response.json())["app_id"] == "00" * 20
-    assert [c[0] for c in stack.agent.calls] == ["Info"]
+    assert [(c[0], c[2]) for c in stack.agent.calls] == [("Info", b"{}")]
+
+
+@pytest.mark.parametrize("body", [b"[1]", b"{nope", b'{"a": 1, "a": 2}'])
+async def test_info_refuses_what_is_not_one_json_object(stack: Stack, body: bytes) -> None:
+    async with (
+        unix_session(stack.sock) as session,
+        session.post("http://s/Info", data=body) as response,
+    ):
+        assert response.status == 400
+    assert stack.agent.calls == []
+
+
+async def test_a_redirect_from_the_agent_is_never_followed(stack: Stack) -> None:
+    stack.agent.mode = "redirect"
+    async with (
+        unix_session(stack.sock) as session,
+        session.post("http://s/GetQuote", json={"report_data": "01"}) as response,
+    ):
+        assert response.status == 502
+        assert "redirect" in problem(await response.read())["detail"]
+    assert [c[0] for c in stack.agent.calls] == ["GetQuote"]
 
 
 @pytest.mark.parametrize(
@@ -104,6 +130,9 @@ async def test_everything_else_is_403(stack: Stack, method: str, path: str) -> N
         (b'{"report_data": "abc"}', 400, "odd number"),
         (b'{"report_data": "zz"}', 400, "non-hex"),
         (b'{"report_data": "' + b"00" * 65 + b'"}', 400, "longer than 64 bytes"),
+        # a second report_data must not slip past the check to the agent
+        (b'{"report_data": "00", "report_data": "' + b"00" * 75 + b'"}', 400, "a key twice"),
+        (b'{"report_data": "\xff"}', 400, "not valid JSON"),
         (b'{"report_data": "' + b"00" * 5000 + b'"}', 413, "Maximum request body size"),
     ],
 )

@@ -43,11 +43,14 @@ def test_random_json_pass_or_get_400(document: object) -> None:
     if problem is not None:
         assert problem.status == 400
         return
-    # what passes is an object without report_data, or with hex of at most 64 bytes
+    # what passes is an object without report_data, or with hex of at most 64 bytes, and what
+    # is forwarded is the sidecar's own body holding exactly that value
     assert isinstance(document, dict)
     report_data = document.get("report_data", "")
     assert isinstance(report_data, str)
     assert len(bytes.fromhex(report_data.removeprefix("0x"))) <= 64
+    forwarded = orjson.loads(validate_quote_request(orjson.dumps(document)))
+    assert forwarded == {"report_data": report_data.removeprefix("0x").lower()}
 
 
 @settings(max_examples=200, deadline=None)

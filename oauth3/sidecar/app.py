@@ -1,8 +1,22 @@
-"""The sidecar's aiohttp app: validate, serialise and forward GetQuote/Info to the guest agent."""
+"""The sidecar's aiohttp app: the only process holding the dstack socket, and what it lets through.
+
+What it allows, and why:
+
+- `POST /GetQuote` with a JSON object whose `report_data` is hex of at most 64 bytes. The agent
+  gets a body the sidecar builds itself, `{"report_data": "<lowercase hex>"}`: no other field,
+  no duplicate key (a second `report_data` could otherwise reach the agent unchecked), one quote at
+  a time behind a bounded queue. A quote only signs caller data; it grants no power.
+- `POST /Info` with an empty body or a JSON object; the agent gets `{}`. Info is public anyway.
+- `GET /healthz` and `GET /metrics` (its own figures; it has no network).
+- Everything else is 403: GetKey and GetTlsKey (the app's keys), Sign, EmitEvent (which would
+  extend RTMR3), Attest and any future method stay unreachable from the internet-facing service.
+- Redirects from the agent are never followed (a 307 could aim a POST at /GetKey): they are 502.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -60,15 +74,36 @@ GATE = web.AppKey("gate", QuoteGate)
 METRICS = web.AppKey("metrics", SidecarMetrics)
 
 
-def validate_quote_request(body: bytes) -> None:
-    """Check a GetQuote body: a JSON object whose report_data is hex of at most 64 bytes."""
+class _DuplicateKey(ValueError):
+    """A JSON object names the same key twice."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise _DuplicateKey
+    return dict(pairs)
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    """The request body as a JSON object (empty means {}); duplicate keys refused."""
+    if not body.strip():
+        return {}
     try:
-        doc: Any = orjson.loads(body) if body.strip() else {}
-    except orjson.JSONDecodeError:
+        doc = json.loads(body, object_pairs_hook=_unique_keys)
+    except _DuplicateKey:
+        raise Problem(400, "request body names a key twice") from None
+    except (UnicodeDecodeError, ValueError):
         raise Problem(400, "request body is not valid JSON") from None
     if not isinstance(doc, dict):
         raise Problem(400, "request body must be a JSON object")
-    report_data = doc.get("report_data", "")
+    return doc
+
+
+def validate_quote_request(body: bytes) -> bytes:
+    """The body to forward for a GetQuote request: built here, `{"report_data": "<hex>"}`, from a
+    JSON object whose report_data is hex of at most 64 bytes; Problem(400) otherwise."""
+    report_data = _json_object(body).get("report_data", "")
     if not isinstance(report_data, str):
         raise Problem(400, "report_data must be a hex string")
     digits = report_data.removeprefix("0x")
@@ -78,6 +113,7 @@ def validate_quote_request(body: bytes) -> None:
         raise Problem(400, "report_data has an odd number of hex digits")
     if len(digits) > 128:
         raise Problem(400, "report_data is longer than 64 bytes")
+    return orjson.dumps({"report_data": digits.lower()})
 
 
 async def _read_capped(answer: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -100,7 +136,7 @@ async def _forward(request: web.Request, method: str, body: bytes, limit_s: floa
     try:
         async with asyncio.timeout(limit_s):
             async with request.app[AGENT].post(
-                f"http://dstack/{method}", data=body, headers=headers
+                f"http://dstack/{method}", data=body, headers=headers, allow_redirects=False
             ) as answer:
                 payload = await _read_capped(answer, MAX_AGENT_RESPONSE_BYTES)
                 status = answer.status
@@ -125,6 +161,10 @@ async def _forward(request: web.Request, method: str, body: bytes, limit_s: floa
         note(request, agent_error="oversized")
         metrics.agent_error("oversized")
         raise Problem(502, "the guest agent's answer is too large")
+    if 300 <= status < 400:
+        note(request, agent_error="redirect")
+        metrics.agent_error("http_error")
+        raise Problem(502, "the guest agent answered with a redirect, which is never followed")
     if status != 200:
         metrics.agent_error("http_error")
     note(request, agent_ms=agent_ms, agent_status=status)
@@ -135,8 +175,7 @@ async def _forward(request: web.Request, method: str, body: bytes, limit_s: floa
 
 async def get_quote(request: web.Request) -> web.Response:
     """POST /GetQuote: validated, then forwarded one at a time behind the bounded queue."""
-    body = await request.read()
-    validate_quote_request(body)
+    body = validate_quote_request(await request.read())
     settings = request.app[SETTINGS]
     gate = request.app[GATE]
     queued_at = time.perf_counter()
@@ -165,9 +204,10 @@ async def get_quote(request: web.Request) -> web.Response:
 
 
 async def info(request: web.Request) -> web.Response:
-    """POST /Info: forwarded as is (the agent answers it without the quote lock)."""
-    body = await request.read()
-    return await _forward(request, "Info", body or b"{}", request.app[SETTINGS].info_timeout)
+    """POST /Info: an empty body or a JSON object, forwarded as `{}` (the agent answers it
+    without the quote lock)."""
+    _json_object(await request.read())
+    return await _forward(request, "Info", b"{}", request.app[SETTINGS].info_timeout)
 
 
 async def healthz(request: web.Request) -> web.Response:
