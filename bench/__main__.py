@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import hashlib
 import io
@@ -16,6 +17,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -38,16 +40,27 @@ from .wrk import LoadStats, ensure_wrk, run_wrk, wrk_version
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 QUOTE_LATENCY_MS = 39
-RUNS = 3
-RUN_SECONDS = 5
-WARMUP_SECONDS = 2
 CONNECTIONS = 32
-LATENCY_PAIRS = 40
 NONCE_CONCURRENCY = 8
 OVERLOAD_CONCURRENCY = 128
 CLIENT_TIMEOUT_S = 10
-VERIFY_REPEATS = 30
 START_TIMEOUT_S = 30
+PARTS = ("B1", "B2", "B3", "B4")
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How long and how often each figure is measured."""
+
+    runs: int
+    run_seconds: int
+    warmup_seconds: int
+    latency_pairs: int
+    verify_repeats: int
+
+
+FULL = Plan(runs=3, run_seconds=5, warmup_seconds=2, latency_pairs=40, verify_repeats=30)
+QUICK = Plan(runs=1, run_seconds=2, warmup_seconds=1, latency_pairs=15, verify_repeats=5)
 
 
 def free_port() -> int:
@@ -107,8 +120,9 @@ def step(message: str) -> None:
 class Driver:
     """Runs fixed-duration loads with wrk (or the aiohttp fallback) and keeps every run."""
 
-    def __init__(self, wrk: str | None) -> None:
+    def __init__(self, wrk: str | None, plan: Plan) -> None:
         self.wrk = wrk
+        self.plan = plan
 
     def load(self, url: str, seconds: int) -> LoadStats:
         """One closed-loop run of CONNECTIONS connections against `url`."""
@@ -128,14 +142,15 @@ class Driver:
         )
 
     def compare(self, name: str, targets: dict[str, str]) -> Comparison:
-        """Warm each target up, then RUNS rounds interleaving the targets."""
+        """Warm each target up, then `plan.runs` rounds interleaving the targets."""
+        plan = self.plan
         for url in targets.values():
-            self.load(url, WARMUP_SECONDS)
+            self.load(url, plan.warmup_seconds)
         runs: dict[str, list[LoadStats]] = {label: [] for label in targets}
-        for round_no in range(RUNS):
+        for round_no in range(plan.runs):
             for label, url in targets.items():
-                runs[label].append(self.load(url, RUN_SECONDS))
-            step(f"{name} round {round_no + 1}/{RUNS}: " + _rps_line(runs))
+                runs[label].append(self.load(url, plan.run_seconds))
+            step(f"{name} round {round_no + 1}/{plan.runs}: " + _rps_line(runs))
         return Comparison(name, runs)
 
 
@@ -170,7 +185,7 @@ async def _direct_quote(agent: aiohttp.ClientSession, digest: bytes) -> int:
         return response.status
 
 
-async def bench_nonce_path(base: str, agent_socket: Path, digest: bytes) -> B3:
+async def bench_nonce_path(base: str, agent_socket: Path, digest: bytes, plan: Plan) -> B3:
     """B3: added latency over a direct agent call, throughput, and overload behaviour."""
     result = B3(capacity=1000 / QUOTE_LATENCY_MS, overload_concurrency=OVERLOAD_CONCURRENCY)
     timeout = aiohttp.ClientTimeout(total=CLIENT_TIMEOUT_S)
@@ -181,10 +196,10 @@ async def bench_nonce_path(base: str, agent_socket: Path, digest: bytes) -> B3:
         for _ in range(5):  # warm-up: connections open, code paths hot
             await _direct_quote(agent, digest)
             await service()
-        for _ in range(RUNS):
+        for _ in range(plan.runs):
             direct_run: list[float] = []
             service_run: list[float] = []
-            for _ in range(LATENCY_PAIRS):
+            for _ in range(plan.latency_pairs):
                 began = time.perf_counter()
                 assert await _direct_quote(agent, digest) == 200
                 direct_run.append(time.perf_counter() - began)
@@ -194,28 +209,30 @@ async def bench_nonce_path(base: str, agent_socket: Path, digest: bytes) -> B3:
             result.direct_latency.append(direct_run)
             result.service_latency.append(service_run)
         step("B3 latency pairs done")
-        for _ in range(RUNS):
+        for _ in range(plan.runs):
             result.direct_throughput.append(
                 await closed_loop(
                     lambda: _direct_quote(agent, digest),
                     concurrency=NONCE_CONCURRENCY,
-                    duration=RUN_SECONDS,
+                    duration=plan.run_seconds,
                 )
             )
             result.service_throughput.append(
-                await closed_loop(service, concurrency=NONCE_CONCURRENCY, duration=RUN_SECONDS)
+                await closed_loop(service, concurrency=NONCE_CONCURRENCY, duration=plan.run_seconds)
             )
         step("B3 throughput done")
-        for _ in range(RUNS):
+        for _ in range(plan.runs):
             result.overload.append(
-                await closed_loop(service, concurrency=OVERLOAD_CONCURRENCY, duration=RUN_SECONDS)
+                await closed_loop(
+                    service, concurrency=OVERLOAD_CONCURRENCY, duration=plan.run_seconds
+                )
             )
             await asyncio.sleep(1)  # let the queue drain between runs
         step("B3 overload done")
     return result
 
 
-def bench_verifier(base: str, dcap: Path, run_dir: Path, env: dict[str, str]) -> B4:
+def bench_verifier(base: str, dcap: Path, run_dir: Path, env: dict[str, str], plan: Plan) -> B4:
     """B4: `oauth3-verify --bundle` in-process (repeated) and as a process, plus bare start-up."""
     from oauth3.verifier.cli import run  # noqa: PLC0415 - only B4 needs the verifier
 
@@ -236,7 +253,7 @@ def bench_verifier(base: str, dcap: Path, run_dir: Path, env: dict[str, str]) ->
     args = ["--bundle", str(bundle), "--allow-simulated", "--root-ca", str(root), "--json"]
     codes = set()
     in_process = []
-    for repeat in range(VERIFY_REPEATS + 3):
+    for repeat in range(plan.verify_repeats + 3):
         began = time.perf_counter()
         codes.add(run(args, io.StringIO()))
         if repeat >= 3:
@@ -313,8 +330,9 @@ def git_commit() -> str:
     return commit + (" (with uncommitted changes)" if dirty else "")
 
 
-def run_all(results: Results, driver: Driver, run_dir: Path) -> None:
-    """Start the stack and the baselines, then B1-B5 in order."""
+def run_all(results: Results, driver: Driver, run_dir: Path, parts: set[str]) -> None:
+    """Start the stack and the baselines, then the chosen parts of B1-B4 in order (B5 always)."""
+    plan = driver.plan
     paths = StackPaths(run_dir)
     port, metrics_port = free_port(), free_port()
     env = {
@@ -333,26 +351,63 @@ def run_all(results: Results, driver: Driver, run_dir: Path) -> None:
         (run_dir / "info.json").write_bytes(info)
         (run_dir / "attestation.json").write_bytes(attestation)
         results.body_sizes = {"/info": len(info), "/attestation": len(attestation)}
-        bare_port, naive_port, quiet_port = free_port(), free_port(), free_port()
-        bare_args = ["bench.bare", str(bare_port), str(run_dir / "info.json")]
-        bare_args.append(str(run_dir / "attestation.json"))
-        naive_args = ["bench.naive", str(naive_port), str(paths.agent_socket)]
-        naive_args.append(str(run_dir / "info.json"))
-        quiet_env = {**env, "OAUTH3_PORT": str(quiet_port), "OAUTH3_METRICS_PORT": "0"}
-        quiet_env |= {"OAUTH3_LOG_LEVEL": "warning", "OAUTH3_HOST": HOST}
-        quiet_env["OAUTH3_SIDECAR_SOCKET"] = str(paths.sidecar_socket)
-        with (
-            started(bare_args, env, run_dir / "bare.log") as bare,
-            started(naive_args, env, run_dir / "naive.log"),
-            started(["oauth3.service"], quiet_env, run_dir / "quiet.log") as quiet,
-        ):
-            bare_base, naive_base = f"http://{HOST}:{bare_port}", f"http://{HOST}:{naive_port}"
-            quiet_base = f"http://{HOST}:{quiet_port}"
-            wait_http(f"{bare_base}/info", bare)
-            wait_http(f"{quiet_base}/readyz", quiet)
-            fetch(f"{quiet_base}/attestation")  # its cached quote exists before B2
-            if fetch(f"{bare_base}/info") != info:
-                raise RuntimeError("the bare baseline does not serve the same /info bytes")
+        if parts & {"B1", "B2"}:
+            run_throughput(
+                results,
+                driver,
+                run_dir=run_dir,
+                paths=paths,
+                env=env,
+                base=base,
+                info=info,
+                parts=parts,
+            )
+        if "B3" in parts:
+            step("B3 nonce path")
+            digest = hashlib.sha256(info).digest()
+            results.b3 = asyncio.run(bench_nonce_path(base, paths.agent_socket, digest, plan))
+        results.memory = peak_memory(children)
+        results.metrics = scrape(f"http://{HOST}:{metrics_port}/metrics")
+        if "B4" in parts:
+            step("B4 oauth3-verify --bundle")
+            results.b4 = bench_verifier(base, paths.dcap_dir, run_dir, env, plan)
+    finally:
+        stop_all(children)
+
+
+def run_throughput(
+    results: Results,
+    driver: Driver,
+    *,
+    run_dir: Path,
+    paths: StackPaths,
+    env: dict[str, str],
+    base: str,
+    info: bytes,
+    parts: set[str],
+) -> None:
+    """B1 and B2: the service against the bare, request-log-off and naive baselines."""
+    bare_port, naive_port, quiet_port = free_port(), free_port(), free_port()
+    bare_args = ["bench.bare", str(bare_port), str(run_dir / "info.json")]
+    bare_args.append(str(run_dir / "attestation.json"))
+    naive_args = ["bench.naive", str(naive_port), str(paths.agent_socket)]
+    naive_args.append(str(run_dir / "info.json"))
+    quiet_env = {**env, "OAUTH3_PORT": str(quiet_port), "OAUTH3_METRICS_PORT": "0"}
+    quiet_env |= {"OAUTH3_LOG_LEVEL": "warning", "OAUTH3_HOST": HOST}
+    quiet_env["OAUTH3_SIDECAR_SOCKET"] = str(paths.sidecar_socket)
+    with (
+        started(bare_args, env, run_dir / "bare.log") as bare,
+        started(naive_args, env, run_dir / "naive.log"),
+        started(["oauth3.service"], quiet_env, run_dir / "quiet.log") as quiet,
+    ):
+        bare_base, naive_base = f"http://{HOST}:{bare_port}", f"http://{HOST}:{naive_port}"
+        quiet_base = f"http://{HOST}:{quiet_port}"
+        wait_http(f"{bare_base}/info", bare)
+        wait_http(f"{quiet_base}/readyz", quiet)
+        fetch(f"{quiet_base}/attestation")  # its cached quote exists before B2
+        if fetch(f"{bare_base}/info") != info:
+            raise RuntimeError("the bare baseline does not serve the same /info bytes")
+        if "B1" in parts:
             step("B1 GET /info")
             results.b1 = driver.compare(
                 "B1",
@@ -362,6 +417,7 @@ def run_all(results: Results, driver: Driver, run_dir: Path) -> None:
                     "service, request log off": f"{quiet_base}/info",
                 },
             )
+        if "B2" in parts:
             step("B2 cached GET /attestation")
             results.b2 = driver.compare(
                 "B2",
@@ -372,19 +428,60 @@ def run_all(results: Results, driver: Driver, run_dir: Path) -> None:
                     "naive (quote per request)": f"{naive_base}/attestation",
                 },
             )
-        step("B3 nonce path")
-        digest = hashlib.sha256(info).digest()
-        results.b3 = asyncio.run(bench_nonce_path(base, paths.agent_socket, digest))
-        results.memory = peak_memory(children)
-        results.metrics = scrape(f"http://{HOST}:{metrics_port}/metrics")
-        step("B4 oauth3-verify --bundle")
-        results.b4 = bench_verifier(base, paths.dcap_dir, run_dir, env)
-    finally:
-        stop_all(children)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line of `python -m bench`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=(
+            "Start simulator, sidecar and service as `make run` does, measure them against "
+            "baselines started in the same run (bare aiohttp, a naive quote-per-request "
+            "service, the agent itself) and write the report. A full run takes about 200 s "
+            "and writes BENCHMARKS.md."
+        ),
+        epilog=(
+            "B1 GET /info throughput, B2 cached GET /attestation throughput, B3 the nonce "
+            "path (added latency, throughput, overload), B4 oauth3-verify --bundle; B5 "
+            "(memory) is read after whatever ran. Loads go to 127.0.0.1 only. wrk is used "
+            "when installed (installed with apt-get when running as root), else an aiohttp "
+            "client."
+        ),
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=(
+            f"a first look: {QUICK.runs} run of {QUICK.run_seconds} s per target after "
+            f"{QUICK.warmup_seconds} s of warm-up, {QUICK.latency_pairs} B3 latency pairs "
+            "(about 40 s); the report goes to stdout unless --output is given"
+        ),
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=PARTS,
+        metavar="PART",
+        help=f"run only this part ({', '.join(PARTS)}); repeat for several",
+    )
+    parser.add_argument(
+        "--output",
+        metavar="FILE",
+        help=(
+            "where to write the report, '-' for stdout (default: BENCHMARKS.md for a full "
+            "run of every part, stdout otherwise, so BENCHMARKS.md only ever holds full runs)"
+        ),
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
     """Entry point of `python -m bench` (`make bench`)."""
+    args = parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    parts = set(args.only or PARTS)
+    full_run = not args.quick and parts == set(PARTS)
+    output = args.output or ("BENCHMARKS.md" if full_run else "-")
     began = time.monotonic()
     wrk, how = ensure_wrk()
     results = Results(
@@ -397,26 +494,33 @@ def main() -> None:
     step(f"load generator: {results.load_generator}")
     run_dir = Path(tempfile.mkdtemp(prefix="o3b", dir="/tmp"))
     try:
-        run_all(results, Driver(wrk), run_dir)
+        run_all(results, Driver(wrk, plan), run_dir, parts)
     except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
         sys.stderr.write(f"bench: failed: {exc}; logs in {run_dir}\n")
         raise SystemExit(1) from None
     results.settings = {
-        "runs per figure": RUNS,
-        "run length": f"{RUN_SECONDS} s (after a {WARMUP_SECONDS} s warm-up per target)",
+        "mode": "quick (a first look, not for BENCHMARKS.md)" if args.quick else "full",
+        "parts": ", ".join(sorted(parts)),
+        "runs per figure": plan.runs,
+        "run length": f"{plan.run_seconds} s (after a {plan.warmup_seconds} s warm-up per target)",
         "connections (B1, B2)": CONNECTIONS,
         "client timeout": f"{CLIENT_TIMEOUT_S} s",
         "simulator quote latency": f"{QUOTE_LATENCY_MS} ms, serialised",
-        "B3 latency": f"{RUNS} x {LATENCY_PAIRS} sequential pairs (direct agent call, service)",
+        "B3 latency": (
+            f"{plan.runs} x {plan.latency_pairs} sequential pairs (direct agent call, service)"
+        ),
         "B3 throughput concurrency": NONCE_CONCURRENCY,
         "B3 overload concurrency": f"{OVERLOAD_CONCURRENCY} (sidecar queue bound 16 + 1 quoting)",
-        "B4 in-process repeats": VERIFY_REPEATS,
+        "B4 in-process repeats": plan.verify_repeats,
     }
     results.wall_seconds = time.monotonic() - began
-    target = REPO / "BENCHMARKS.md"
-    target.write_text(render(results))
+    report = render(results)
+    if output == "-":
+        sys.stdout.write(report)
+    else:
+        (REPO / output if not Path(output).is_absolute() else Path(output)).write_text(report)
     shutil.rmtree(run_dir, ignore_errors=True)
-    step(f"wrote {target.name} in {results.wall_seconds:.0f} s")
+    step(f"wrote {'the report' if output == '-' else output} in {results.wall_seconds:.0f} s")
 
 
 if __name__ == "__main__":
