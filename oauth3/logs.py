@@ -1,5 +1,6 @@
-"""Configure structlog once per process: orjson JSON lines off a TTY, a console renderer on one;
-secrets are scrubbed from every event and tracebacks never carry local variables."""
+"""Configure logging once per process: orjson JSON lines off a TTY, a console renderer on one,
+for structlog and for everything Python itself would print (see stdlogs); secrets are scrubbed
+from every event and tracebacks never carry local variables."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import Any, BinaryIO
 
 import orjson
 import structlog
+
+from .stdlogs import restore_python_output, route_python_output
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|PRIVATE_?KEY|CREDENTIAL", re.I)
@@ -93,7 +96,8 @@ def configure_logging(
     secrets: Iterable[str] = (),
     stream: BinaryIO | None = None,
 ) -> None:
-    """Set up structlog for this process (JSON lines to `stream`, default stderr)."""
+    """Set up structlog for this process (JSON lines to `stream`, default stderr) and route
+    stdlib logging, warnings and uncaught exceptions through it."""
     if json_lines is None:
         json_lines = stream is not None or not sys.stderr.isatty()
     shared: list[structlog.types.Processor] = [
@@ -127,6 +131,13 @@ def configure_logging(
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
+    route_python_output(_LEVELS.get(level, logging.INFO))
+
+
+def reset_logging() -> None:
+    """Undo configure_logging (for tests): structlog's defaults, Python's own output back."""
+    structlog.reset_defaults()
+    restore_python_output()
 
 
 def valid_level(value: str) -> str:

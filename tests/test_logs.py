@@ -14,7 +14,7 @@ import pytest
 import requests
 import structlog
 
-from oauth3.logs import REDACTED, configure_logging, secrets_from_env
+from oauth3.logs import REDACTED, configure_logging, reset_logging, secrets_from_env
 from tests.stack import running_stack
 
 PLANTED = "planted-s3cret-8f1e2d"
@@ -26,7 +26,7 @@ def json_log() -> Iterator[io.BytesIO]:
     stream = io.BytesIO()
     configure_logging("debug", secrets=[PLANTED], stream=stream)  # type: ignore[arg-type]
     yield stream
-    structlog.reset_defaults()
+    reset_logging()
 
 
 def lines(stream: io.BytesIO) -> list[dict[str, object]]:

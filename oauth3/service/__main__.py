@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> None:
         )
     except OSError as exc:
         where = f"{settings.host}:{settings.port}"
-        fail(f"oauth3-service: cannot listen on {where}: {exc.strerror or exc}", 1)
+        log.error("cannot_listen", address=where, error=exc.strerror or str(exc))
+        raise SystemExit(1) from None
     log.info("stopped")
 
 

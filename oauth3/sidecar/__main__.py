@@ -57,9 +57,11 @@ def main(argv: list[str] | None = None) -> None:
             )
         )
     except SocketInUseError as exc:
-        fail(f"oauth3-sidecar: {exc}", 1)
+        log.error("cannot_listen", address=str(settings.socket), error=str(exc))
+        raise SystemExit(1) from None
     except OSError as exc:
-        fail(f"oauth3-sidecar: cannot listen on {settings.socket}: {exc.strerror or exc}", 1)
+        log.error("cannot_listen", address=str(settings.socket), error=exc.strerror or str(exc))
+        raise SystemExit(1) from None
     log.info("stopped")
 
 

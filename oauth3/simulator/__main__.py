@@ -78,9 +78,12 @@ def main(argv: list[str] | None = None) -> None:
         try:
             dcap.write_files(settings.dcap_dir)
         except OSError as exc:
-            fail(
-                f"{PROG}: cannot write DCAP files to {settings.dcap_dir}: {exc.strerror or exc}", 1
+            log.error(
+                "cannot_write_dcap_files",
+                path=str(settings.dcap_dir),
+                error=exc.strerror or str(exc),
             )
+            raise SystemExit(1) from None
     cvm = app[CVM]
     log.info(
         "starting",
@@ -101,10 +104,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         asyncio.run(_run(app, settings))
-    except SocketInUseError as exc:
-        fail(f"{PROG}: {exc}", 1)
-    except OSError as exc:
-        fail(f"{PROG}: cannot listen: {exc.strerror or exc}", 1)
+    except (SocketInUseError, OSError) as exc:
+        error = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        log.error("cannot_listen", error=error)
+        raise SystemExit(1) from None
     log.info("stopped")
 
 
