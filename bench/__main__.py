@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import hashlib
 import io
 import os
@@ -111,6 +112,12 @@ def started(args: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
                 process.wait()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def step(message: str) -> None:
     """One progress line on stderr."""
     sys.stderr.write(f"bench: {message}\n")
@@ -124,8 +131,16 @@ class Driver:
         self.wrk = wrk
         self.plan = plan
 
-    def load(self, url: str, seconds: int) -> LoadStats:
-        """One closed-loop run of CONNECTIONS connections against `url`."""
+    def load(self, url: str, seconds: int, pid: int | None = None) -> LoadStats:
+        """One closed-loop run of CONNECTIONS connections against `url`; with `pid`, also the
+        CPU time that server process used meanwhile."""
+        cpu_before = cpu_seconds(pid) if pid else None
+        stats = self._load(url, seconds)
+        if pid and cpu_before is not None:
+            stats = dataclasses.replace(stats, server_cpu_s=cpu_seconds(pid) - cpu_before)
+        return stats
+
+    def _load(self, url: str, seconds: int) -> LoadStats:
         if self.wrk is not None:
             return run_wrk(
                 self.wrk, url, connections=CONNECTIONS, seconds=seconds, timeout_s=CLIENT_TIMEOUT_S
@@ -141,15 +156,16 @@ class Driver:
             errors=samples.errors,
         )
 
-    def compare(self, name: str, targets: dict[str, str]) -> Comparison:
-        """Warm each target up, then `plan.runs` rounds interleaving the targets."""
+    def compare(self, name: str, targets: dict[str, tuple[str, int]]) -> Comparison:
+        """Warm each target (label: url, server pid) up, then `plan.runs` rounds interleaving
+        the targets."""
         plan = self.plan
-        for url in targets.values():
+        for url, _ in targets.values():
             self.load(url, plan.warmup_seconds)
         runs: dict[str, list[LoadStats]] = {label: [] for label in targets}
         for round_no in range(plan.runs):
-            for label, url in targets.items():
-                runs[label].append(self.load(url, plan.run_seconds))
+            for label, (url, pid) in targets.items():
+                runs[label].append(self.load(url, plan.run_seconds, pid))
             step(f"{name} round {round_no + 1}/{plan.runs}: " + _rps_line(runs))
         return Comparison(name, runs)
 
@@ -355,6 +371,7 @@ def run_all(results: Results, driver: Driver, run_dir: Path, parts: set[str]) ->
             run_throughput(
                 results,
                 driver,
+                service=next(c for c in children if c.name == "service"),
                 run_dir=run_dir,
                 paths=paths,
                 env=env,
@@ -379,6 +396,7 @@ def run_throughput(
     results: Results,
     driver: Driver,
     *,
+    service: Child,
     run_dir: Path,
     paths: StackPaths,
     env: dict[str, str],
@@ -395,9 +413,10 @@ def run_throughput(
     quiet_env = {**env, "OAUTH3_PORT": str(quiet_port), "OAUTH3_METRICS_PORT": "0"}
     quiet_env |= {"OAUTH3_LOG_LEVEL": "warning", "OAUTH3_HOST": HOST}
     quiet_env["OAUTH3_SIDECAR_SOCKET"] = str(paths.sidecar_socket)
+    service_pid = service.process.pid
     with (
         started(bare_args, env, run_dir / "bare.log") as bare,
-        started(naive_args, env, run_dir / "naive.log"),
+        started(naive_args, env, run_dir / "naive.log") as naive,
         started(["oauth3.service"], quiet_env, run_dir / "quiet.log") as quiet,
     ):
         bare_base, naive_base = f"http://{HOST}:{bare_port}", f"http://{HOST}:{naive_port}"
@@ -412,9 +431,9 @@ def run_throughput(
             results.b1 = driver.compare(
                 "B1",
                 {
-                    "bare aiohttp": f"{bare_base}/info",
-                    "oauth3 service": f"{base}/info",
-                    "service, request log off": f"{quiet_base}/info",
+                    "bare aiohttp": (f"{bare_base}/info", bare.pid),
+                    "oauth3 service": (f"{base}/info", service_pid),
+                    "service, request log off": (f"{quiet_base}/info", quiet.pid),
                 },
             )
         if "B2" in parts:
@@ -422,10 +441,10 @@ def run_throughput(
             results.b2 = driver.compare(
                 "B2",
                 {
-                    "bare aiohttp": f"{bare_base}/attestation",
-                    "oauth3 service": f"{base}/attestation",
-                    "service, request log off": f"{quiet_base}/attestation",
-                    "naive (quote per request)": f"{naive_base}/attestation",
+                    "bare aiohttp": (f"{bare_base}/attestation", bare.pid),
+                    "oauth3 service": (f"{base}/attestation", service_pid),
+                    "service, request log off": (f"{quiet_base}/attestation", quiet.pid),
+                    "naive (quote per request)": (f"{naive_base}/attestation", naive.pid),
                 },
             )
 

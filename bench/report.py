@@ -32,6 +32,11 @@ class Comparison:
         """Median throughput of `label` over that of `baseline`."""
         return self.rps(label) / self.rps(baseline)
 
+    def cpu_us(self, label: str) -> float | None:
+        """Median CPU time of the server per completed request (µs), when it was measured."""
+        values = [v for r in self.runs[label] if (v := r.cpu_us_per_request) is not None]
+        return statistics.median(values) if values else None
+
 
 @dataclass
 class B3:
@@ -164,15 +169,18 @@ def _ms(seconds: float) -> str:
 
 def _comparison_table(comparison: Comparison) -> list[str]:
     lines = [
-        "| target | req/s per run | median req/s | p50 | p99 | non-2xx | timeouts | errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| target | req/s per run | median req/s | server CPU per request | p50 | p99 | "
+        "non-2xx | timeouts | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, runs in comparison.runs.items():
         per_run = ", ".join(f"{r.rps:,.0f}" for r in runs)
         p50 = statistics.median(r.p50_ms for r in runs)
         p99 = statistics.median(r.p99_ms for r in runs)
+        cpu = comparison.cpu_us(label)
         lines.append(
-            f"| {label} | {per_run} | {comparison.rps(label):,.0f} | {p50:.2f} ms | "
+            f"| {label} | {per_run} | {comparison.rps(label):,.0f} | "
+            f"{'-' if cpu is None else f'{cpu:,.0f} µs'} | {p50:.2f} ms | "
             f"{p99:.2f} ms | {sum(r.non_2xx for r in runs)} | {sum(r.timeouts for r in runs)} | "
             f"{sum(r.errors for r in runs)} |"
         )
