@@ -4,16 +4,18 @@ from every event and tracebacks never carry local variables."""
 
 from __future__ import annotations
 
+import atexit
 import logging
 import re
 import sys
 import time
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any, BinaryIO
 
 import orjson
 import structlog
 
+from .logbuffer import BufferedLogger, Buffering, LineBuffer
 from .stdlogs import restore_python_output, route_python_output
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
@@ -21,6 +23,7 @@ SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|PRIVATE_?KEY|CR
 REDACTED = "[redacted]"
 MIN_SECRET_LENGTH = 4
 _PLAIN = (str, int, float, bool, type(None))
+_buffer: LineBuffer | None = None
 
 
 def secrets_from_env(env: Mapping[str, str]) -> list[str]:
@@ -92,12 +95,16 @@ class UtcTimestamp:
 def configure_logging(
     level: str = "info",
     *,
+    buffering: Buffering | None = None,
     json_lines: bool | None = None,
     secrets: Iterable[str] = (),
     stream: BinaryIO | None = None,
 ) -> None:
     """Set up structlog for this process (JSON lines to `stream`, default stderr) and route
-    stdlib logging, warnings and uncaught exceptions through it."""
+    stdlib logging, warnings and uncaught exceptions through it. JSON lines are buffered as
+    `buffering` says (default: Buffering()); flush_logs() writes them, and runs at exit."""
+    global _buffer  # noqa: PLW0603 - one output per process, flushed at exit
+    flush_logs()
     if json_lines is None:
         json_lines = stream is not None or not sys.stderr.isatty()
     shared: list[structlog.types.Processor] = [
@@ -106,7 +113,7 @@ def configure_logging(
         UtcTimestamp(),
     ]
     redactor = SecretRedactor(secrets)
-    factory: structlog.types.WrappedLogger
+    factory: Callable[..., Any]
     if json_lines:
         processors: list[structlog.types.Processor] = [
             *shared,
@@ -114,9 +121,16 @@ def configure_logging(
                 structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
             ),
             redactor,
-            structlog.processors.JSONRenderer(serializer=orjson.dumps),
+            structlog.processors.JSONRenderer(
+                serializer=orjson.dumps, option=orjson.OPT_APPEND_NEWLINE
+            ),
         ]
-        factory = structlog.BytesLoggerFactory(stream or sys.stderr.buffer)
+        _buffer = LineBuffer(stream or sys.stderr.buffer, buffering)
+        final_logger = BufferedLogger(_buffer)
+
+        def factory(*args: Any) -> BufferedLogger:
+            return final_logger
+
     else:
         processors = [
             *shared,
@@ -125,17 +139,32 @@ def configure_logging(
             structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback),
         ]
         factory = structlog.PrintLoggerFactory(sys.stderr)
+        _buffer = None
+    level_no = _LEVELS.get(level, logging.INFO)
     structlog.configure(
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
+        wrapper_class=structlog.make_filtering_bound_logger(level_no),
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
-    route_python_output(_LEVELS.get(level, logging.INFO))
+    route_python_output(level_no)
+
+
+def flush_logs() -> None:
+    """Write the buffered log lines now (serve() calls it when it stops; it also runs at exit)."""
+    if _buffer is not None:
+        _buffer.flush()
+
+
+atexit.register(flush_logs)
 
 
 def reset_logging() -> None:
-    """Undo configure_logging (for tests): structlog's defaults, Python's own output back."""
+    """Undo configure_logging (for tests): lines flushed, structlog's defaults, Python's own
+    output back."""
+    global _buffer  # noqa: PLW0603 - see configure_logging
+    flush_logs()
+    _buffer = None
     structlog.reset_defaults()
     restore_python_output()
 

@@ -44,7 +44,11 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"oauth3-sidecar: {exc}")
     if args.command == "healthcheck":
         raise SystemExit(0 if healthcheck(settings) else 1)
-    configure_logging(settings.log_level, secrets=secrets_from_env(os.environ))
+    configure_logging(
+        settings.log_level,
+        buffering=settings.log_buffering,
+        secrets=secrets_from_env(os.environ),
+    )
     log = structlog.get_logger("sidecar")
     log.info("starting", socket=str(settings.socket), agent_socket=str(settings.agent_socket))
     try:

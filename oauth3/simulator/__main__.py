@@ -71,7 +71,11 @@ def main(argv: list[str] | None = None) -> None:
         prepare_socket_path(settings.socket)
     except SocketInUseError as exc:
         fail(f"{PROG}: {exc}", 1)
-    configure_logging(settings.log_level, secrets=secrets_from_env(os.environ))
+    configure_logging(
+        settings.log_level,
+        buffering=settings.log_buffering,
+        secrets=secrets_from_env(os.environ),
+    )
     log = structlog.get_logger("simulator")
     dcap = app[DCAP]
     if settings.dcap_dir is not None:
