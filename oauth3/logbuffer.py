@@ -43,19 +43,14 @@ class LineBuffer:
 
     def add(self, line: bytes) -> None:
         """Buffer one line (ending in a newline); write the batch when it is full."""
+        loop = asyncio._get_running_loop()  # None where no loop runs, without an exception
         with self._lock:
             lines = self._lines
             lines.append(line)
-            if len(lines) >= self._max_lines:
+            if loop is None or len(lines) >= self._max_lines:
                 self._write_locked()
-                return
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                self._write_locked()
-                return
             # a timer armed on a loop that has since stopped would never fire: re-arm here
-            if self._timer is None or self._timer_loop is not loop:
+            elif self._timer is None or self._timer_loop is not loop:
                 self._timer = loop.call_later(self._interval, self.flush)
                 self._timer_loop = loop
 

@@ -44,6 +44,7 @@ class SecretRedactor:
         known = {s for s in secrets if len(s) >= MIN_SECRET_LENGTH}
         self._secrets = sorted(known, key=len, reverse=True)
         self._needles = [orjson.dumps(secret)[1:-1] for secret in self._secrets]
+        self._harmless_keys: set[str] = set()  # seen, and not secret-named
         self._secret_keys: dict[str, bool] = {}  # event keys are few: decide each once
 
     def __call__(
@@ -58,20 +59,32 @@ class SecretRedactor:
         return event_dict
 
     def render(self, event_dict: MutableMapping[str, Any]) -> bytes:
-        """The event as one JSON line, scrubbed as __call__ would; cheaper for flat events.
+        """The event as one JSON line, scrubbed exactly as __call__ would, cheaply when flat.
 
-        A flat event is rendered first and scrubbed only when needed: JSON escapes each
-        character on its own, so a secret inside a string value always shows in the line as
-        the secret's own escaped form, and the line is then rendered again from a scrubbed copy.
+        The event is rendered first and scrubbed only when the line shows a reason to: a key
+        not yet known to be harmless, a nested value (a `{` past the first byte, or a `[`),
+        or a secret in its JSON-escaped form. JSON escapes each character on its own, so a
+        secret inside any string value always shows that way; false alarms only cost time.
         """
-        for key, value in event_dict.items():
-            if not isinstance(value, _PLAIN) or self._is_secret_key(key):
-                return orjson.dumps(self(None, "", event_dict), option=_JSON_LINE)
-        line = orjson.dumps(event_dict, option=_JSON_LINE)
-        for needle in self._needles:
-            if needle in line:
-                return orjson.dumps(self(None, "", event_dict), option=_JSON_LINE)
+        try:
+            line = orjson.dumps(event_dict, option=_JSON_LINE)
+        except TypeError:
+            return self._render_scrubbed(event_dict)
+        if (
+            not self._harmless_keys.issuperset(event_dict)
+            or line.find(b"{", 1) != -1
+            or b"[" in line
+            or (self._needles and any(needle in line for needle in self._needles))
+        ):
+            return self._render_scrubbed(event_dict)
         return line
+
+    def _render_scrubbed(self, event_dict: MutableMapping[str, Any]) -> bytes:
+        scrubbed = self(None, "", event_dict)
+        self._harmless_keys.update(
+            key for key in scrubbed if isinstance(key, str) and not self._is_secret_key(key)
+        )
+        return orjson.dumps(scrubbed, option=_JSON_LINE, default=repr)
 
     def _is_secret_key(self, key: str) -> bool:
         secret = self._secret_keys.get(key)
