@@ -16,22 +16,27 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from oauth3.devstack import Child, StackPaths, start_stack, stop_all
 
 from .loadgen import Samples, closed_loop, getter, percentile
+from .profile import py_spy, start_recording, summarise
 from .report import (
     B3,
     B4,
     Comparison,
+    LineCount,
     Memory,
+    ProfiledRun,
     Results,
     machine_facts,
     render,
@@ -130,12 +135,14 @@ class Driver:
     def __init__(self, wrk: str | None, plan: Plan) -> None:
         self.wrk = wrk
         self.plan = plan
+        self.completed: Counter[str] = Counter()  # by URL, warm-ups included
 
     def load(self, url: str, seconds: int, pid: int | None = None) -> LoadStats:
         """One closed-loop run of CONNECTIONS connections against `url`; with `pid`, also the
         CPU time that server process used meanwhile."""
         cpu_before = cpu_seconds(pid) if pid else None
         stats = self._load(url, seconds)
+        self.completed[url] += stats.requests
         if pid and cpu_before is not None:
             stats = dataclasses.replace(stats, server_cpu_s=cpu_seconds(pid) - cpu_before)
         return stats
@@ -326,6 +333,26 @@ def scrape(url: str) -> dict[str, float]:
     return figures
 
 
+def answered_by_route(url: str) -> dict[str, int]:
+    """oauth3_requests_total summed over statuses, by route: what the service answered."""
+    answered: Counter[str] = Counter()
+    for family in text_string_to_metric_families(fetch(url).decode()):
+        for sample in family.samples:
+            if sample.name == "oauth3_requests_total":
+                answered[sample.labels["route"]] += int(sample.value)
+    return dict(answered)
+
+
+def request_lines(log: Path) -> dict[str, int]:
+    """Canonical request lines in a service log, by route (every line must be JSON)."""
+    lines: Counter[str] = Counter()
+    for raw in log.read_bytes().splitlines():
+        line = orjson.loads(raw)
+        if line.get("event") == "request":
+            lines[line["route"]] += 1
+    return dict(lines)
+
+
 def git_commit() -> str:
     """The checked-out commit, marked dirty when tracked files differ."""
     try:
@@ -388,8 +415,17 @@ def run_all(results: Results, driver: Driver, run_dir: Path, parts: set[str]) ->
         if "B4" in parts:
             step("B4 oauth3-verify --bundle")
             results.b4 = bench_verifier(base, paths.dcap_dir, run_dir, env, plan)
+        answered = answered_by_route(f"http://{HOST}:{metrics_port}/metrics")
     finally:
-        stop_all(children)
+        stop_all(children)  # SIGTERM: the service writes its buffered lines before it exits
+    results.lines = LineCount(
+        written=request_lines(run_dir / "service.log"),
+        answered=answered,
+        completed={
+            "/info": driver.completed[f"{base}/info"],
+            "/attestation": driver.completed[f"{base}/attestation"],
+        },
+    )
 
 
 def run_throughput(
@@ -447,6 +483,38 @@ def run_throughput(
                     "naive (quote per request)": (f"{naive_base}/attestation", naive.pid),
                 },
             )
+        targets = []
+        if "B1" in parts:
+            targets += [
+                ("bare aiohttp `/info`", f"{bare_base}/info", bare.pid),
+                ("service `/info`", f"{base}/info", service_pid),
+            ]
+        if "B2" in parts:
+            targets.append(("service cached `/attestation`", f"{base}/attestation", service_pid))
+        profile_targets(results, driver, run_dir, targets)
+
+
+def profile_targets(
+    results: Results, driver: Driver, run_dir: Path, targets: list[tuple[str, str, int]]
+) -> None:
+    """Load each (label, url, server pid) once more while py-spy samples that server."""
+    spy = py_spy()
+    if spy is None:
+        results.profile_note = "Not profiled: py-spy is missing (the test extra installs it)."
+        return
+    seconds = driver.plan.run_seconds
+    for number, (label, url, pid) in enumerate(targets):
+        output = run_dir / f"profile-{number}.txt"
+        recorder = start_recording(spy, pid, seconds + 1, output)
+        time.sleep(0.5)  # py-spy attaches before the load starts
+        stats = driver.load(url, seconds, pid)
+        _, stderr = recorder.communicate(timeout=seconds + 30)
+        if recorder.returncode != 0 or not output.exists():
+            results.profile_note = f"Not profiled: py-spy failed: {stderr.decode()[-300:]}"
+            results.profiles.clear()
+            return
+        results.profiles.append(ProfiledRun(label, summarise(output.read_text()), stats))
+        step(f"profiled {label}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -491,6 +559,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             "run of every part, stdout otherwise, so BENCHMARKS.md only ever holds full runs)"
         ),
     )
+    parser.add_argument(
+        "--note",
+        default="",
+        help="what else the machine was doing, written into the report's header",
+    )
     return parser.parse_args(argv)
 
 
@@ -506,6 +579,7 @@ def main(argv: list[str] | None = None) -> None:
     results = Results(
         machine=machine_facts(),
         commit=git_commit(),
+        note=args.note,
         load_generator=(
             f"{wrk_version(wrk)} ({how}), 1 thread" if wrk else f"aiohttp fallback ({how})"
         ),

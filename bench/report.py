@@ -12,6 +12,9 @@ from importlib.metadata import version
 from pathlib import Path
 
 from .loadgen import Samples, percentile
+from .profile import OTHER as PROFILE_OTHER
+from .profile import PARTS as PROFILE_PARTS
+from .profile import Profile
 from .wrk import LoadStats
 
 MIB = 1024
@@ -106,6 +109,30 @@ class B4:
 
 
 @dataclass
+class ProfiledRun:
+    """One target loaded while py-spy sampled its server: the samples and the load's figures."""
+
+    label: str
+    profile: Profile
+    stats: LoadStats
+
+
+@dataclass
+class LineCount:
+    """Canonical request lines in the service log after it stopped, against the requests the
+    service counted as answered and those wrk saw completed (B1, B2, warm-ups included)."""
+
+    written: dict[str, int] = field(default_factory=dict)
+    answered: dict[str, int] = field(default_factory=dict)
+    completed: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def dropped(self) -> int:
+        """Answered requests without a line, over all routes."""
+        return sum(max(0, n - self.written.get(route, 0)) for route, n in self.answered.items())
+
+
+@dataclass
 class Memory:
     """Peak and final RSS (KiB) by role."""
 
@@ -128,6 +155,10 @@ class Results:
     b4: B4 | None = None
     memory: Memory = field(default_factory=Memory)
     metrics: dict[str, float] = field(default_factory=dict)
+    lines: LineCount | None = None
+    profiles: list[ProfiledRun] = field(default_factory=list)
+    profile_note: str = ""
+    note: str = ""
     wall_seconds: float = 0.0
 
 
@@ -203,6 +234,11 @@ def _summary(results: Results) -> tuple[list[str], dict[str, bool]]:
         rows.append(
             ("B2", "cached vs naive quote-per-request", f"{naive:,.0f}x", ">= 50x", naive >= 50)
         )
+    if results.lines is not None and (results.b1 or results.b2):
+        dropped = results.lines.dropped
+        rows.append(
+            ("B1/B2", "request lines dropped (answered - written)", str(dropped), "0", not dropped)
+        )
     if results.b3:
         b3 = results.b3
         added = b3.added_p50_ms
@@ -262,6 +298,74 @@ def _summary(results: Results) -> tuple[list[str], dict[str, bool]]:
     ]
     met = {f"{b} {what}": ok for b, what, _, _, ok in rows}
     return lines, met
+
+
+def _lines_section(count: LineCount) -> list[str]:
+    lines = [
+        "## Request lines written (B1, B2)",
+        "",
+        "Counted in the service's log after it stopped (SIGTERM, so its buffer was written), "
+        "against the requests its own counter `oauth3_requests_total` says it answered "
+        "over the whole run, and those wrk saw completed in B1/B2 and the profile runs (wrk "
+        "does not count the responses still in flight when a run ends, up to one per "
+        "connection).",
+        "",
+        "| route | lines written | requests answered | completed per wrk |",
+        "|---|---:|---:|---:|",
+    ]
+    for route in sorted(set(count.answered) | set(count.written)):
+        completed = count.completed.get(route)
+        lines.append(
+            f"| `{route}` | {count.written.get(route, 0):,} | {count.answered.get(route, 0):,} | "
+            f"{'-' if completed is None else f'{completed:,}'} |"
+        )
+    lines += ["", f"Answered requests without a line: {count.dropped}."]
+    return lines
+
+
+def _profile_section(results: Results) -> list[str]:
+    lines = ["## Profile: where a request's CPU time goes", ""]
+    if not results.profiles:
+        return [*lines, results.profile_note]
+    lines += [
+        "py-spy sampled each server (its CPU time only: idle waits are not samples) while wrk "
+        "loaded it with the B1/B2 settings; each part's share of the samples times the CPU "
+        "time per request measured in the same run gives its cost per request. A sample "
+        "belongs to the innermost frame that matches a part, so the oauth3 middleware row "
+        "is its own code, not the handler and logging it calls.",
+        "",
+        "| part | " + " | ".join(run.label for run in results.profiles) + " |",
+        "|---|" + "---:|" * len(results.profiles),
+    ]
+    parts = [part for part, _ in PROFILE_PARTS] + [PROFILE_OTHER]
+    for part in parts:
+        if not any(run.profile.by_part[part] for run in results.profiles):
+            continue
+        cells = [_profile_cell(run, run.profile.by_part[part]) for run in results.profiles]
+        lines.append(f"| {part} | " + " | ".join(cells) + " |")
+    totals = [
+        f"**{run.stats.cpu_us_per_request or 0:,.0f} µs, {run.stats.rps:,.0f}/s**"
+        for run in results.profiles
+    ]
+    lines.append("| **CPU per request, requests/s** | " + " | ".join(totals) + " |")
+    service = next((run for run in results.profiles if "service" in run.label), None)
+    if service is not None:
+        lines += [
+            "",
+            f"Functions with the most samples of their own in {service.label}:",
+            "",
+            "| function | share of samples (per request) |",
+            "|---|---:|",
+        ]
+        for name, count in service.profile.self_time.most_common(15):
+            lines.append(f"| `{name}` | {_profile_cell(service, count)} |")
+    return lines
+
+
+def _profile_cell(run: ProfiledRun, count: int) -> str:
+    share = count / run.profile.samples if run.profile.samples else 0.0
+    per_request = (run.stats.cpu_us_per_request or 0.0) * share
+    return f"{share:.0%} ({per_request:,.1f} µs)"
 
 
 def _b3_section(b3: B3) -> list[str]:
@@ -362,6 +466,7 @@ def render(results: Results) -> str:
         f"- Commit: {results.commit}",
         f"- Load generator: {results.load_generator}",
         f"- Whole run: {results.wall_seconds:.0f} s",
+        *([f"- Machine meanwhile: {results.note}"] if results.note else []),
         "",
         "## Summary",
         "",
@@ -391,6 +496,10 @@ def render(results: Results) -> str:
             "for a quote on every request, as a service without a cache does.",
             "",
         ]
+    if results.lines is not None and (results.b1 or results.b2):
+        lines += [*_lines_section(results.lines), ""]
+    if results.profiles or results.profile_note:
+        lines += [*_profile_section(results), ""]
     if results.b3:
         lines += [*_b3_section(results.b3), ""]
     if results.b4:
@@ -427,9 +536,8 @@ def analysis(results: Results) -> list[str]:
         return ["## Analysis", "", "Every target is met in this run."]
     lines = ["## Analysis of the missed targets", ""]
     lines += [
-        "Profiling was done with py-spy on the running processes and by reading each process's",
-        "CPU time per request (/proc/<pid>/stat) while wrk loaded it; the CPU figures below come",
-        "from that profiling on this machine type, the ratios from this run.",
+        "Every figure below comes from this run: ratios and CPU per request (from",
+        "/proc/<pid>/stat) from B1-B3, shares from the py-spy profile section above.",
         "",
     ]
     if "B1" in missed or "B2" in missed:
@@ -442,40 +550,78 @@ def analysis(results: Results) -> list[str]:
 
 
 def _throughput_notes(results: Results) -> list[str]:
-    quiet = ""
+    figures = ""
     if results.b1 is not None:
         on = results.b1.ratio("oauth3 service", "bare aiohttp")
         off = results.b1.ratio("service, request log off", "bare aiohttp")
-        quiet = (
-            f" In this run /info reaches {on:.2f}x of bare aiohttp with the request line and "
-            f"{off:.2f}x without it."
+        bare_cpu = results.b1.cpu_us("bare aiohttp")
+        service_cpu = results.b1.cpu_us("oauth3 service")
+        figures = (
+            f" In this run `/info` reaches {on:.2f}x of bare aiohttp with the request line and "
+            f"{off:.2f}x with it off."
         )
+        if bare_cpu and service_cpu:
+            figures += (
+                f" The bare server used {bare_cpu:,.0f} µs of CPU per request and the service "
+                f"{service_cpu:,.0f} µs; 0.90x leaves about {bare_cpu / 9:,.0f} µs for "
+                "everything the service adds."
+            )
     return [
-        "**B1, B2 (cheap paths vs bare aiohttp).** The bare handler costs about 40 µs of CPU per "
-        "request on this machine, so 0.90x leaves about 4 µs for everything the service adds. "
-        "Measured per request: an empty middleware 2 µs; request id + binding it into the log "
-        "context 10-18 µs; the two Prometheus updates about 4 µs; the canonical request line "
-        "(structlog: context merge, ISO timestamp, orjson, one write(2) per line) 20-25 µs."
-        + quiet,
+        "**B1, B2 (cheap paths vs bare aiohttp).**" + figures + _profile_split(results),
         "",
-        "Fixed here: the request id is `os.urandom(16).hex()` instead of `uuid4().hex` and the "
-        "log context is bound with bind/reset instead of the `bound_contextvars()` generator "
-        "(together about 9 µs per request, 67 -> 58 µs with the line off); metric label children "
-        "are cached; the log timestamp caches its formatted second (TimeStamper(fmt='iso') was "
-        "about 5% of the service's CPU per request) and the secret redactor skips plain scalars. "
-        "Left, by decision: the request line itself. Meeting 0.90x would mean not writing one "
-        "line per request (sampling, or buffering lines and flushing them in batches, which loses "
-        "the last lines on a crash); the canonical line is what operators and the fault matrix "
-        "rely on, so it stays. B2's absolute gap is the same per-request cost on a bigger body.",
+        "Done for issue 15, each step measured with `python -m bench --only B1` (figures in "
+        "the commit messages): the canonical request line is built directly instead of "
+        "through structlog's processor chain (same keys, order, timestamp and redaction: a "
+        "flat line is scrubbed again only when it shows a secret-named key, a nested value "
+        "or a secret's escaped form); info lines are buffered and written 32 at a time "
+        "(alone that saved nothing: the chain, not write(2), was the cost); the request id "
+        "is one ContextVar and comes from a pooled getrandom(2); request counts and latency "
+        "are plain counters read at scrape time instead of prometheus-client's locked "
+        "Counter and Histogram.",
+        "",
+        "What is left, from the profile: aiohttp's middleware machinery that any middleware "
+        "costs (`_fix_request_current_app`, the middleware chain), the middleware's own "
+        "bookkeeping (request id, timing, the X-Request-ID header, the line's fields), the "
+        "line itself (timestamp, orjson, the buffer's lock), and above all the socket "
+        "write: on this VM a send(2) on loopback costs several times more per request in "
+        "the slower server, because every answer has to wake a client that sat idle "
+        "waiting for it. Reaching 0.90x would take dropping the per-request line or the "
+        "middleware (for example sampling lines, or counting in aiohttp's protocol "
+        "instead), which the canonical line per request and the one error middleware "
+        "rule out.",
         "",
     ]
+
+
+def _profile_split(results: Results) -> str:
+    runs = {run.label: run for run in results.profiles}
+    bare = runs.get("bare aiohttp `/info`")
+    service = runs.get("service `/info`")
+    if bare is None or service is None:
+        return ""
+
+    def cost(run: ProfiledRun, prefix: str) -> float:
+        share = sum(n for part, n in run.profile.by_part.items() if part.startswith(prefix))
+        return (run.stats.cpu_us_per_request or 0.0) * share / max(run.profile.samples, 1)
+
+    extra = (service.stats.cpu_us_per_request or 0.0) - (bare.stats.cpu_us_per_request or 0.0)
+    return (
+        f" In the profile runs the service spent {extra:,.0f} µs more per `/info` request "
+        f"than bare aiohttp: log lines {cost(service, 'log lines'):,.1f} µs, metrics "
+        f"{cost(service, 'metrics'):,.1f} µs, the oauth3 middleware and handler's own code "
+        f"{cost(service, 'oauth3'):,.1f} µs, and "
+        f"{cost(service, 'aiohttp') - cost(bare, 'aiohttp'):,.1f} µs more in aiohttp and "
+        f"{cost(service, 'event loop') - cost(bare, 'event loop'):,.1f} µs more in the event "
+        "loop and socket calls (see the profile section)."
+    )
 
 
 def _nonce_notes(b3: B3) -> list[str]:
     pooled = b3.overload_pooled()
     rate = len(pooled.statuses) / pooled.elapsed if pooled.elapsed else math.nan
     return [
-        "**B3 added latency.** From the canonical lines of sequential nonce requests: the sidecar "
+        "**B3 added latency.** From the canonical lines of sequential nonce requests (read "
+        "before issue 15 made the lines cheaper, not in this run): the sidecar "
         "adds about 0.25 ms around the agent call, the service about 1.8 ms around the sidecar "
         "call, and the client's TCP + HTTP hop costs about 1.4 ms more than the direct unix call. "
         "The service's CPU work on a quote (decode the agent JSON, parse the quote, check the "
