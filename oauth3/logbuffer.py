@@ -26,8 +26,9 @@ class LineBuffer:
     """Holds up to `max_lines - 1` lines; writes them all when the next one arrives, when the
     oldest has waited `flush_interval` seconds, before any urgent line, and on flush().
 
-    So a process killed without warning (SIGKILL, OOM) loses at most `max_lines - 1` lines, all
-    from its last `flush_interval` seconds; lines logged where no event loop runs (start-up,
+    So a process killed without warning (SIGKILL, OOM) loses at most `max_lines - 1` lines,
+    those of its last `flush_interval` seconds unless a blocked event loop held the timer back;
+    lines logged where no event loop runs (start-up,
     shutdown, other threads) are written at once, since no timer could flush them later.
     """
 
