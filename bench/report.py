@@ -306,9 +306,9 @@ def _lines_section(count: LineCount) -> list[str]:
         "",
         "Counted in the service's log after it stopped (SIGTERM, so its buffer was written), "
         "against the requests its own counter `oauth3_requests_total` says it answered "
-        "over the whole run, and those wrk saw completed in B1/B2 and the profile runs (wrk "
-        "does not count the responses still in flight when a run ends, up to one per "
-        "connection).",
+        "over the whole run (`/attestation` includes B3's nonce requests), and those wrk saw "
+        "completed in B1/B2 and the profile runs (wrk does not count the responses still in "
+        "flight when a run ends, up to one per connection).",
         "",
         "| route | lines written | requests answered | completed per wrk |",
         "|---|---:|---:|---:|",
@@ -579,16 +579,16 @@ def _throughput_notes(results: Results) -> list[str]:
         "are plain counters read at scrape time instead of prometheus-client's locked "
         "Counter and Histogram.",
         "",
-        "What is left, from the profile: aiohttp's middleware machinery that any middleware "
-        "costs (`_fix_request_current_app`, the middleware chain), the middleware's own "
-        "bookkeeping (request id, timing, the X-Request-ID header, the line's fields), the "
-        "line itself (timestamp, orjson, the buffer's lock), and above all the socket "
-        "write: on this VM a send(2) on loopback costs several times more per request in "
-        "the slower server, because every answer has to wake a client that sat idle "
-        "waiting for it. Reaching 0.90x would take dropping the per-request line or the "
-        "middleware (for example sampling lines, or counting in aiohttp's protocol "
-        "instead), which the canonical line per request and the one error middleware "
-        "rule out.",
+        "What is left, from the profile: the line itself (timestamp, orjson, the redaction "
+        "check, the buffer's lock), the middleware's own bookkeeping (request id, timing, the "
+        "X-Request-ID header, the line's fields) and, inside aiohttp, the middleware chain "
+        "that any aiohttp middleware brings (`Application._handle`, "
+        "`_fix_request_current_app`, one more coroutine per request). With the line off the "
+        "service still stays under 0.90x, so no cheaper line reaches the target alone; "
+        "reaching it would take dropping the per-request line or the middleware (sampling "
+        "lines, or counting inside aiohttp's protocol), which the canonical line per request "
+        "and the one error middleware rule out. Figures on this shared VM move by 10-20% "
+        "between runs of the same target (compare the runs in the B1 and B2 tables).",
         "",
     ]
 
@@ -609,16 +609,24 @@ def _profile_split(results: Results) -> str:
         f" In the profile runs the service spent {extra:,.0f} µs more per `/info` request "
         f"than bare aiohttp: log lines {cost(service, 'log lines'):,.1f} µs, metrics "
         f"{cost(service, 'metrics'):,.1f} µs, the oauth3 middleware and handler's own code "
-        f"{cost(service, 'oauth3'):,.1f} µs, and "
-        f"{cost(service, 'aiohttp') - cost(bare, 'aiohttp'):,.1f} µs more in aiohttp and "
-        f"{cost(service, 'event loop') - cost(bare, 'event loop'):,.1f} µs more in the event "
-        "loop and socket calls (see the profile section)."
+        f"{cost(service, 'oauth3'):,.1f} µs; against bare, aiohttp "
+        f"{cost(service, 'aiohttp') - cost(bare, 'aiohttp'):+,.1f} µs and the event loop "
+        f"and socket calls {cost(service, 'event loop') - cost(bare, 'event loop'):+,.1f} µs "
+        "(see the profile section)."
     )
 
 
 def _nonce_notes(b3: B3) -> list[str]:
     pooled = b3.overload_pooled()
     rate = len(pooled.statuses) / pooled.elapsed if pooled.elapsed else math.nan
+    counts = [len(run.statuses) for run in b3.overload]
+    spread = ""
+    if counts and min(counts) < 0.7 * max(counts):
+        spread = (
+            f" In this run the overload runs answered between {min(counts):,} and "
+            f"{max(counts):,} responses: the same load, so something else took the CPU "
+            "during the slow ones, and their 503s waited longer."
+        )
     return [
         "**B3 added latency.** From the canonical lines of sequential nonce requests (read "
         "before issue 15 made the lines cheaper, not in this run): the sidecar "
@@ -636,7 +644,7 @@ def _nonce_notes(b3: B3) -> list[str]:
         "cores. The service counts its own distinct quotes in flight and answers 503 itself "
         "above OAUTH3_MAX_PENDING_QUOTES (17, the sidecar's bound), so a rejection costs no "
         "sidecar hop (p99 of the 503s went from 166 ms to under 50 ms with that change). No "
-        "timeouts and no other 5xx occurred.",
+        "timeouts and no other 5xx occurred." + spread,
         "",
     ]
 
