@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -52,6 +53,13 @@ OVERLOAD_CONCURRENCY = 128
 CLIENT_TIMEOUT_S = 10
 START_TIMEOUT_S = 30
 PARTS = ("B1", "B2", "B3", "B4")
+TRACE_SEGMENTS = (
+    "client to service and back (TCP, HTTP parsing, outside the service's handler)",
+    "service around its sidecar call (unix hop both ways, quote checks, body)",
+    "sidecar around its agent call (validation, queue, relaying)",
+    "sidecar to agent and back (unix hop, outside the simulator's handler)",
+    "simulator's handler (the 39 ms quote latency and signing)",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +216,42 @@ async def _direct_quote(agent: aiohttp.ClientSession, digest: bytes) -> int:
         return response.status
 
 
+async def _traced_quote(session: aiohttp.ClientSession, base: str, request_id: str) -> int:
+    """One nonce request whose X-Request-ID lets the three logs be joined afterwards."""
+    url = _nonce_url(base)()
+    async with session.get(url, headers={"X-Request-ID": request_id}) as response:
+        await response.read()
+        return response.status
+
+
+def trace_segments(run_dir: Path, client_ms: dict[str, float]) -> dict[str, list[float]]:
+    """Where each traced B3 request spent its time, from the canonical lines of the three
+    processes (joined by request id): ms per segment, one value per request found in all."""
+    durations: dict[str, dict[str, dict[str, Any]]] = {}
+    for role in ("service", "sidecar", "simulator"):
+        for raw in (run_dir / f"{role}.log").read_bytes().splitlines():
+            line = orjson.loads(raw)
+            request_id = line.get("request_id")
+            if line.get("event") == "request" and request_id in client_ms:
+                durations.setdefault(request_id, {})[role] = line
+    segments: dict[str, list[float]] = {name: [] for name in TRACE_SEGMENTS}
+    for request_id, lines in durations.items():
+        if len(lines) < 3 or "agent_ms" not in lines["sidecar"]:
+            continue
+        client = client_ms[request_id]
+        service = lines["service"]["duration_ms"]
+        sidecar = lines["sidecar"]["duration_ms"]
+        agent = lines["sidecar"]["agent_ms"]
+        simulator = lines["simulator"]["duration_ms"]
+        for name, value in zip(
+            TRACE_SEGMENTS,
+            (client - service, service - sidecar, sidecar - agent, agent - simulator, simulator),
+            strict=True,
+        ):
+            segments[name].append(value)
+    return segments
+
+
 async def bench_nonce_path(base: str, agent_socket: Path, digest: bytes, plan: Plan) -> B3:
     """B3: added latency over a direct agent call, throughput, and overload behaviour."""
     result = B3(capacity=1000 / QUOTE_LATENCY_MS, overload_concurrency=OVERLOAD_CONCURRENCY)
@@ -226,9 +270,11 @@ async def bench_nonce_path(base: str, agent_socket: Path, digest: bytes, plan: P
                 began = time.perf_counter()
                 assert await _direct_quote(agent, digest) == 200
                 direct_run.append(time.perf_counter() - began)
+                request_id = f"b3-{len(result.traced)}"
                 began = time.perf_counter()
-                assert await service() == 200
+                assert await _traced_quote(session, base, request_id) == 200
                 service_run.append(time.perf_counter() - began)
+                result.traced[request_id] = service_run[-1] * 1000
             result.direct_latency.append(direct_run)
             result.service_latency.append(service_run)
         step("B3 latency pairs done")
@@ -418,6 +464,8 @@ def run_all(results: Results, driver: Driver, run_dir: Path, parts: set[str]) ->
         answered = answered_by_route(f"http://{HOST}:{metrics_port}/metrics")
     finally:
         stop_all(children)  # SIGTERM: the service writes its buffered lines before it exits
+    if results.b3 is not None:
+        results.b3.segments = trace_segments(run_dir, results.b3.traced)
     results.lines = LineCount(
         written=request_lines(run_dir / "service.log"),
         answered=answered,

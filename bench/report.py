@@ -52,6 +52,8 @@ class B3:
     direct_throughput: list[Samples] = field(default_factory=list)
     service_throughput: list[Samples] = field(default_factory=list)
     overload: list[Samples] = field(default_factory=list)
+    traced: dict[str, float] = field(default_factory=dict)  # request id -> client ms
+    segments: dict[str, list[float]] = field(default_factory=dict)  # from the three logs
 
     def median_p(self, runs: list[list[float]], q: float) -> float:
         """Median over runs of each run's q-th percentile, in ms."""
@@ -383,6 +385,7 @@ def _b3_section(b3: B3) -> list[str]:
         f"{b3.pooled_p(b3.service_latency, 99):.2f} ms |",
         f"| **added** | **{b3.added_p50_ms:.2f} ms** | **{b3.added_p99_ms:.2f} ms** |",
         "",
+        *_segments_table(b3),
         "Throughput (closed loop, distinct nonces):",
         "",
         f"| | quotes/s per run | median | vs 1000/39 = {b3.capacity:.1f}/s |",
@@ -410,6 +413,31 @@ def _b3_section(b3: B3) -> list[str]:
     for index, run in enumerate([*b3.overload, b3.overload_pooled()]):
         label = "all" if index == len(b3.overload) else str(index + 1)
         lines.append(_overload_row(label, run))
+    return lines
+
+
+def _segments_table(b3: B3) -> list[str]:
+    if not b3.segments or not any(b3.segments.values()):
+        return []
+    count = len(next(iter(b3.segments.values())))
+    direct = statistics.median(t for run in b3.direct_latency for t in run) * 1000
+    lines = [
+        f"Where the latency pairs' service requests spent their time ({count} requests, "
+        "joined by X-Request-ID across the canonical lines of service, sidecar and "
+        "simulator; medians of each segment, so they need not add up exactly):",
+        "",
+        "| segment | median | p90 |",
+        "|---|---:|---:|",
+    ]
+    for name, values in b3.segments.items():
+        lines.append(
+            f"| {name} | {statistics.median(values):.2f} ms | {percentile(values, 90):.2f} ms |"
+        )
+    lines += [
+        f"| a direct call, for comparison (the simulator's handler and one unix hop) | "
+        f"{direct:.2f} ms | |",
+        "",
+    ]
     return lines
 
 
@@ -583,14 +611,28 @@ def _throughput_notes(results: Results) -> list[str]:
         "check, the buffer's lock), the middleware's own bookkeeping (request id, timing, the "
         "X-Request-ID header, the line's fields) and, inside aiohttp, the middleware chain "
         "that any aiohttp middleware brings (`Application._handle`, "
-        "`_fix_request_current_app`, one more coroutine per request). With the line off the "
-        "service still stays under 0.90x, so no cheaper line reaches the target alone; "
-        "reaching it would take dropping the per-request line or the middleware (sampling "
-        "lines, or counting inside aiohttp's protocol), which the canonical line per request "
-        "and the one error middleware rule out. Figures on this shared VM move by 10-20% "
-        "between runs of the same target (compare the runs in the B1 and B2 tables).",
+        "`_fix_request_current_app`, one more coroutine per request)."
+        + _line_off_note(results)
+        + " Figures on this shared VM move by 10-20% between runs of the same target "
+        "(compare the runs in the B1 and B2 tables).",
         "",
     ]
+
+
+def _line_off_note(results: Results) -> str:
+    if results.b1 is None:
+        return ""
+    off = results.b1.ratio("service, request log off", "bare aiohttp")
+    if off >= 0.9:
+        return (
+            f" With the line off the service reaches {off:.2f}x in this run: the canonical "
+            "line is what stands between it and the target, and it stays, one per request."
+        )
+    return (
+        f" With the line off the service reaches only {off:.2f}x in this run, so no cheaper "
+        "line alone meets the target; the middleware's own cost would have to go too (counting "
+        "inside aiohttp's protocol instead), which the one error middleware rules out."
+    )
 
 
 def _profile_split(results: Results) -> str:
@@ -616,6 +658,25 @@ def _profile_split(results: Results) -> str:
     )
 
 
+def _segments_note(b3: B3) -> str:
+    if not b3.segments or not any(b3.segments.values()):
+        return " The logs could not be joined in this run, so there is no breakdown."
+    medians = {name: statistics.median(values) for name, values in b3.segments.items()}
+    hops = list(medians.values())[:4]
+    return (
+        f" The breakdown under the B3 latency table (from this run's canonical lines) puts "
+        f"{sum(hops):.2f} ms of median time outside the simulator's handler: "
+        + "; ".join(
+            f"{name.split(' (')[0]} {value:.2f} ms"
+            for name, value in zip(medians, hops, strict=False)
+        )
+        + ". Each segment holds an aiohttp client and server pair and the wake-up of another "
+        "process, on two cores shared by the load generator, simulator, sidecar and service. "
+        "The sidecar hop is the design's price (only the sidecar may hold the dstack socket), "
+        "so meeting 2 ms here means making each hop cheaper rather than removing one."
+    )
+
+
 def _nonce_notes(b3: B3) -> list[str]:
     pooled = b3.overload_pooled()
     rate = len(pooled.statuses) / pooled.elapsed if pooled.elapsed else math.nan
@@ -628,14 +689,7 @@ def _nonce_notes(b3: B3) -> list[str]:
             "during the slow ones, and their 503s waited longer."
         )
     return [
-        "**B3 added latency.** From the canonical lines of sequential nonce requests (read "
-        "before issue 15 made the lines cheaper, not in this run): the sidecar "
-        "adds about 0.25 ms around the agent call, the service about 1.8 ms around the sidecar "
-        "call, and the client's TCP + HTTP hop costs about 1.4 ms more than the direct unix call. "
-        "The service's CPU work on a quote (decode the agent JSON, parse the quote, check the "
-        "binding, build the body) is about 0.13 ms; the rest is two extra aiohttp hops "
-        "(client and server each) and process wake-ups on 2 cores shared by simulator, sidecar, "
-        "service and the load generator.",
+        "**B3 added latency.**" + _segments_note(b3),
         "",
         "**B3 overload 503 latency.** The load is a closed loop of "
         f"{b3.overload_concurrency} clients that retry at once (no Retry-After "
