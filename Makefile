@@ -35,7 +35,7 @@ e2e: $(STAMP)
 	$(BIN)/pytest -m e2e
 
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 up:
 	cd deploy && OAUTH3_GIT_COMMIT=$$(git rev-parse HEAD) docker-compose up --build

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import dataclasses
 import hashlib
 import io
 import os
@@ -14,21 +16,28 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from oauth3.devstack import Child, StackPaths, start_stack, stop_all
 
 from .loadgen import Samples, closed_loop, getter, percentile
+from .profile import py_spy, start_recording, summarise
 from .report import (
     B3,
     B4,
     Comparison,
+    LineCount,
     Memory,
+    ProfiledRun,
     Results,
     machine_facts,
     render,
@@ -38,16 +47,34 @@ from .wrk import LoadStats, ensure_wrk, run_wrk, wrk_version
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 QUOTE_LATENCY_MS = 39
-RUNS = 3
-RUN_SECONDS = 5
-WARMUP_SECONDS = 2
 CONNECTIONS = 32
-LATENCY_PAIRS = 40
 NONCE_CONCURRENCY = 8
 OVERLOAD_CONCURRENCY = 128
 CLIENT_TIMEOUT_S = 10
-VERIFY_REPEATS = 30
 START_TIMEOUT_S = 30
+PARTS = ("B1", "B2", "B3", "B4")
+TRACE_SEGMENTS = (
+    "client to service and back (TCP, HTTP parsing, outside the service's handler)",
+    "service around its sidecar call (unix hop both ways, quote checks, body)",
+    "sidecar around its agent call (validation, queue, relaying)",
+    "sidecar to agent and back (unix hop, outside the simulator's handler)",
+    "simulator's handler (the 39 ms quote latency and signing)",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How long and how often each figure is measured."""
+
+    runs: int
+    run_seconds: int
+    warmup_seconds: int
+    latency_pairs: int
+    verify_repeats: int
+
+
+FULL = Plan(runs=3, run_seconds=5, warmup_seconds=2, latency_pairs=40, verify_repeats=30)
+QUICK = Plan(runs=1, run_seconds=2, warmup_seconds=1, latency_pairs=15, verify_repeats=5)
 
 
 def free_port() -> int:
@@ -98,6 +125,12 @@ def started(args: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
                 process.wait()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def step(message: str) -> None:
     """One progress line on stderr."""
     sys.stderr.write(f"bench: {message}\n")
@@ -107,11 +140,22 @@ def step(message: str) -> None:
 class Driver:
     """Runs fixed-duration loads with wrk (or the aiohttp fallback) and keeps every run."""
 
-    def __init__(self, wrk: str | None) -> None:
+    def __init__(self, wrk: str | None, plan: Plan) -> None:
         self.wrk = wrk
+        self.plan = plan
+        self.completed: Counter[str] = Counter()  # by URL, warm-ups included
 
-    def load(self, url: str, seconds: int) -> LoadStats:
-        """One closed-loop run of CONNECTIONS connections against `url`."""
+    def load(self, url: str, seconds: int, pid: int | None = None) -> LoadStats:
+        """One closed-loop run of CONNECTIONS connections against `url`; with `pid`, also the
+        CPU time that server process used meanwhile."""
+        cpu_before = cpu_seconds(pid) if pid else None
+        stats = self._load(url, seconds)
+        self.completed[url] += stats.requests
+        if pid and cpu_before is not None:
+            stats = dataclasses.replace(stats, server_cpu_s=cpu_seconds(pid) - cpu_before)
+        return stats
+
+    def _load(self, url: str, seconds: int) -> LoadStats:
         if self.wrk is not None:
             return run_wrk(
                 self.wrk, url, connections=CONNECTIONS, seconds=seconds, timeout_s=CLIENT_TIMEOUT_S
@@ -127,15 +171,17 @@ class Driver:
             errors=samples.errors,
         )
 
-    def compare(self, name: str, targets: dict[str, str]) -> Comparison:
-        """Warm each target up, then RUNS rounds interleaving the targets."""
-        for url in targets.values():
-            self.load(url, WARMUP_SECONDS)
+    def compare(self, name: str, targets: dict[str, tuple[str, int]]) -> Comparison:
+        """Warm each target (label: url, server pid) up, then `plan.runs` rounds interleaving
+        the targets."""
+        plan = self.plan
+        for url, _ in targets.values():
+            self.load(url, plan.warmup_seconds)
         runs: dict[str, list[LoadStats]] = {label: [] for label in targets}
-        for round_no in range(RUNS):
-            for label, url in targets.items():
-                runs[label].append(self.load(url, RUN_SECONDS))
-            step(f"{name} round {round_no + 1}/{RUNS}: " + _rps_line(runs))
+        for round_no in range(plan.runs):
+            for label, (url, pid) in targets.items():
+                runs[label].append(self.load(url, plan.run_seconds, pid))
+            step(f"{name} round {round_no + 1}/{plan.runs}: " + _rps_line(runs))
         return Comparison(name, runs)
 
 
@@ -170,7 +216,43 @@ async def _direct_quote(agent: aiohttp.ClientSession, digest: bytes) -> int:
         return response.status
 
 
-async def bench_nonce_path(base: str, agent_socket: Path, digest: bytes) -> B3:
+async def _traced_quote(session: aiohttp.ClientSession, base: str, request_id: str) -> int:
+    """One nonce request whose X-Request-ID lets the three logs be joined afterwards."""
+    url = _nonce_url(base)()
+    async with session.get(url, headers={"X-Request-ID": request_id}) as response:
+        await response.read()
+        return response.status
+
+
+def trace_segments(run_dir: Path, client_ms: dict[str, float]) -> dict[str, list[float]]:
+    """Where each traced B3 request spent its time, from the canonical lines of the three
+    processes (joined by request id): ms per segment, one value per request found in all."""
+    durations: dict[str, dict[str, dict[str, Any]]] = {}
+    for role in ("service", "sidecar", "simulator"):
+        for raw in (run_dir / f"{role}.log").read_bytes().splitlines():
+            line = orjson.loads(raw)
+            request_id = line.get("request_id")
+            if line.get("event") == "request" and request_id in client_ms:
+                durations.setdefault(request_id, {})[role] = line
+    segments: dict[str, list[float]] = {name: [] for name in TRACE_SEGMENTS}
+    for request_id, lines in durations.items():
+        if len(lines) < 3 or "agent_ms" not in lines["sidecar"]:
+            continue
+        client = client_ms[request_id]
+        service = lines["service"]["duration_ms"]
+        sidecar = lines["sidecar"]["duration_ms"]
+        agent = lines["sidecar"]["agent_ms"]
+        simulator = lines["simulator"]["duration_ms"]
+        for name, value in zip(
+            TRACE_SEGMENTS,
+            (client - service, service - sidecar, sidecar - agent, agent - simulator, simulator),
+            strict=True,
+        ):
+            segments[name].append(value)
+    return segments
+
+
+async def bench_nonce_path(base: str, agent_socket: Path, digest: bytes, plan: Plan) -> B3:
     """B3: added latency over a direct agent call, throughput, and overload behaviour."""
     result = B3(capacity=1000 / QUOTE_LATENCY_MS, overload_concurrency=OVERLOAD_CONCURRENCY)
     timeout = aiohttp.ClientTimeout(total=CLIENT_TIMEOUT_S)
@@ -181,41 +263,45 @@ async def bench_nonce_path(base: str, agent_socket: Path, digest: bytes) -> B3:
         for _ in range(5):  # warm-up: connections open, code paths hot
             await _direct_quote(agent, digest)
             await service()
-        for _ in range(RUNS):
+        for _ in range(plan.runs):
             direct_run: list[float] = []
             service_run: list[float] = []
-            for _ in range(LATENCY_PAIRS):
+            for _ in range(plan.latency_pairs):
                 began = time.perf_counter()
                 assert await _direct_quote(agent, digest) == 200
                 direct_run.append(time.perf_counter() - began)
+                request_id = f"b3-{len(result.traced)}"
                 began = time.perf_counter()
-                assert await service() == 200
+                assert await _traced_quote(session, base, request_id) == 200
                 service_run.append(time.perf_counter() - began)
+                result.traced[request_id] = service_run[-1] * 1000
             result.direct_latency.append(direct_run)
             result.service_latency.append(service_run)
         step("B3 latency pairs done")
-        for _ in range(RUNS):
+        for _ in range(plan.runs):
             result.direct_throughput.append(
                 await closed_loop(
                     lambda: _direct_quote(agent, digest),
                     concurrency=NONCE_CONCURRENCY,
-                    duration=RUN_SECONDS,
+                    duration=plan.run_seconds,
                 )
             )
             result.service_throughput.append(
-                await closed_loop(service, concurrency=NONCE_CONCURRENCY, duration=RUN_SECONDS)
+                await closed_loop(service, concurrency=NONCE_CONCURRENCY, duration=plan.run_seconds)
             )
         step("B3 throughput done")
-        for _ in range(RUNS):
+        for _ in range(plan.runs):
             result.overload.append(
-                await closed_loop(service, concurrency=OVERLOAD_CONCURRENCY, duration=RUN_SECONDS)
+                await closed_loop(
+                    service, concurrency=OVERLOAD_CONCURRENCY, duration=plan.run_seconds
+                )
             )
             await asyncio.sleep(1)  # let the queue drain between runs
         step("B3 overload done")
     return result
 
 
-def bench_verifier(base: str, dcap: Path, run_dir: Path, env: dict[str, str]) -> B4:
+def bench_verifier(base: str, dcap: Path, run_dir: Path, env: dict[str, str], plan: Plan) -> B4:
     """B4: `oauth3-verify --bundle` in-process (repeated) and as a process, plus bare start-up."""
     from oauth3.verifier.cli import run  # noqa: PLC0415 - only B4 needs the verifier
 
@@ -236,7 +322,7 @@ def bench_verifier(base: str, dcap: Path, run_dir: Path, env: dict[str, str]) ->
     args = ["--bundle", str(bundle), "--allow-simulated", "--root-ca", str(root), "--json"]
     codes = set()
     in_process = []
-    for repeat in range(VERIFY_REPEATS + 3):
+    for repeat in range(plan.verify_repeats + 3):
         began = time.perf_counter()
         codes.add(run(args, io.StringIO()))
         if repeat >= 3:
@@ -293,6 +379,26 @@ def scrape(url: str) -> dict[str, float]:
     return figures
 
 
+def answered_by_route(url: str) -> dict[str, int]:
+    """oauth3_requests_total summed over statuses, by route: what the service answered."""
+    answered: Counter[str] = Counter()
+    for family in text_string_to_metric_families(fetch(url).decode()):
+        for sample in family.samples:
+            if sample.name == "oauth3_requests_total":
+                answered[sample.labels["route"]] += int(sample.value)
+    return dict(answered)
+
+
+def request_lines(log: Path) -> dict[str, int]:
+    """Canonical request lines in a service log, by route (every line must be JSON)."""
+    lines: Counter[str] = Counter()
+    for raw in log.read_bytes().splitlines():
+        line = orjson.loads(raw)
+        if line.get("event") == "request":
+            lines[line["route"]] += 1
+    return dict(lines)
+
+
 def git_commit() -> str:
     """The checked-out commit, marked dirty when tracked files differ."""
     try:
@@ -313,8 +419,9 @@ def git_commit() -> str:
     return commit + (" (with uncommitted changes)" if dirty else "")
 
 
-def run_all(results: Results, driver: Driver, run_dir: Path) -> None:
-    """Start the stack and the baselines, then B1-B5 in order."""
+def run_all(results: Results, driver: Driver, run_dir: Path, parts: set[str]) -> None:
+    """Start the stack and the baselines, then the chosen parts of B1-B4 in order (B5 always)."""
+    plan = driver.plan
     paths = StackPaths(run_dir)
     port, metrics_port = free_port(), free_port()
     env = {
@@ -333,63 +440,194 @@ def run_all(results: Results, driver: Driver, run_dir: Path) -> None:
         (run_dir / "info.json").write_bytes(info)
         (run_dir / "attestation.json").write_bytes(attestation)
         results.body_sizes = {"/info": len(info), "/attestation": len(attestation)}
-        bare_port, naive_port, quiet_port = free_port(), free_port(), free_port()
-        bare_args = ["bench.bare", str(bare_port), str(run_dir / "info.json")]
-        bare_args.append(str(run_dir / "attestation.json"))
-        naive_args = ["bench.naive", str(naive_port), str(paths.agent_socket)]
-        naive_args.append(str(run_dir / "info.json"))
-        quiet_env = {**env, "OAUTH3_PORT": str(quiet_port), "OAUTH3_METRICS_PORT": "0"}
-        quiet_env |= {"OAUTH3_LOG_LEVEL": "warning", "OAUTH3_HOST": HOST}
-        quiet_env["OAUTH3_SIDECAR_SOCKET"] = str(paths.sidecar_socket)
-        with (
-            started(bare_args, env, run_dir / "bare.log") as bare,
-            started(naive_args, env, run_dir / "naive.log"),
-            started(["oauth3.service"], quiet_env, run_dir / "quiet.log") as quiet,
-        ):
-            bare_base, naive_base = f"http://{HOST}:{bare_port}", f"http://{HOST}:{naive_port}"
-            quiet_base = f"http://{HOST}:{quiet_port}"
-            wait_http(f"{bare_base}/info", bare)
-            wait_http(f"{quiet_base}/readyz", quiet)
-            fetch(f"{quiet_base}/attestation")  # its cached quote exists before B2
-            if fetch(f"{bare_base}/info") != info:
-                raise RuntimeError("the bare baseline does not serve the same /info bytes")
+        if parts & {"B1", "B2"}:
+            run_throughput(
+                results,
+                driver,
+                service=next(c for c in children if c.name == "service"),
+                run_dir=run_dir,
+                paths=paths,
+                env=env,
+                base=base,
+                info=info,
+                parts=parts,
+            )
+        if "B3" in parts:
+            step("B3 nonce path")
+            digest = hashlib.sha256(info).digest()
+            results.b3 = asyncio.run(bench_nonce_path(base, paths.agent_socket, digest, plan))
+        results.memory = peak_memory(children)
+        results.metrics = scrape(f"http://{HOST}:{metrics_port}/metrics")
+        if "B4" in parts:
+            step("B4 oauth3-verify --bundle")
+            results.b4 = bench_verifier(base, paths.dcap_dir, run_dir, env, plan)
+        answered = answered_by_route(f"http://{HOST}:{metrics_port}/metrics")
+    finally:
+        stop_all(children)  # SIGTERM: the service writes its buffered lines before it exits
+    if results.b3 is not None:
+        results.b3.segments = trace_segments(run_dir, results.b3.traced)
+    results.lines = LineCount(
+        written=request_lines(run_dir / "service.log"),
+        answered=answered,
+        completed={
+            "/info": driver.completed[f"{base}/info"],
+            "/attestation": driver.completed[f"{base}/attestation"],
+        },
+    )
+
+
+def run_throughput(
+    results: Results,
+    driver: Driver,
+    *,
+    service: Child,
+    run_dir: Path,
+    paths: StackPaths,
+    env: dict[str, str],
+    base: str,
+    info: bytes,
+    parts: set[str],
+) -> None:
+    """B1 and B2: the service against the bare, request-log-off and naive baselines."""
+    bare_port, naive_port, quiet_port = free_port(), free_port(), free_port()
+    bare_args = ["bench.bare", str(bare_port), str(run_dir / "info.json")]
+    bare_args.append(str(run_dir / "attestation.json"))
+    naive_args = ["bench.naive", str(naive_port), str(paths.agent_socket)]
+    naive_args.append(str(run_dir / "info.json"))
+    quiet_env = {**env, "OAUTH3_PORT": str(quiet_port), "OAUTH3_METRICS_PORT": "0"}
+    quiet_env |= {"OAUTH3_LOG_LEVEL": "warning", "OAUTH3_HOST": HOST}
+    quiet_env["OAUTH3_SIDECAR_SOCKET"] = str(paths.sidecar_socket)
+    service_pid = service.process.pid
+    with (
+        started(bare_args, env, run_dir / "bare.log") as bare,
+        started(naive_args, env, run_dir / "naive.log") as naive,
+        started(["oauth3.service"], quiet_env, run_dir / "quiet.log") as quiet,
+    ):
+        bare_base, naive_base = f"http://{HOST}:{bare_port}", f"http://{HOST}:{naive_port}"
+        quiet_base = f"http://{HOST}:{quiet_port}"
+        wait_http(f"{bare_base}/info", bare)
+        wait_http(f"{quiet_base}/readyz", quiet)
+        fetch(f"{quiet_base}/attestation")  # its cached quote exists before B2
+        if fetch(f"{bare_base}/info") != info:
+            raise RuntimeError("the bare baseline does not serve the same /info bytes")
+        if "B1" in parts:
             step("B1 GET /info")
             results.b1 = driver.compare(
                 "B1",
                 {
-                    "bare aiohttp": f"{bare_base}/info",
-                    "oauth3 service": f"{base}/info",
-                    "service, request log off": f"{quiet_base}/info",
+                    "bare aiohttp": (f"{bare_base}/info", bare.pid),
+                    "oauth3 service": (f"{base}/info", service_pid),
+                    "service, request log off": (f"{quiet_base}/info", quiet.pid),
                 },
             )
+        if "B2" in parts:
             step("B2 cached GET /attestation")
             results.b2 = driver.compare(
                 "B2",
                 {
-                    "bare aiohttp": f"{bare_base}/attestation",
-                    "oauth3 service": f"{base}/attestation",
-                    "service, request log off": f"{quiet_base}/attestation",
-                    "naive (quote per request)": f"{naive_base}/attestation",
+                    "bare aiohttp": (f"{bare_base}/attestation", bare.pid),
+                    "oauth3 service": (f"{base}/attestation", service_pid),
+                    "service, request log off": (f"{quiet_base}/attestation", quiet.pid),
+                    "naive (quote per request)": (f"{naive_base}/attestation", naive.pid),
                 },
             )
-        step("B3 nonce path")
-        digest = hashlib.sha256(info).digest()
-        results.b3 = asyncio.run(bench_nonce_path(base, paths.agent_socket, digest))
-        results.memory = peak_memory(children)
-        results.metrics = scrape(f"http://{HOST}:{metrics_port}/metrics")
-        step("B4 oauth3-verify --bundle")
-        results.b4 = bench_verifier(base, paths.dcap_dir, run_dir, env)
-    finally:
-        stop_all(children)
+        targets = []
+        if "B1" in parts:
+            targets += [
+                ("bare aiohttp `/info`", f"{bare_base}/info", bare.pid),
+                ("service `/info`", f"{base}/info", service_pid),
+            ]
+        if "B2" in parts:
+            targets.append(("service cached `/attestation`", f"{base}/attestation", service_pid))
+        profile_targets(results, driver, run_dir, targets)
 
 
-def main() -> None:
+def profile_targets(
+    results: Results, driver: Driver, run_dir: Path, targets: list[tuple[str, str, int]]
+) -> None:
+    """Load each (label, url, server pid) once more while py-spy samples that server."""
+    spy = py_spy()
+    if spy is None:
+        results.profile_note = "Not profiled: py-spy is missing (the test extra installs it)."
+        return
+    seconds = driver.plan.run_seconds
+    for number, (label, url, pid) in enumerate(targets):
+        output = run_dir / f"profile-{number}.txt"
+        recorder = start_recording(spy, pid, seconds + 1, output)
+        time.sleep(0.5)  # py-spy attaches before the load starts
+        stats = driver.load(url, seconds, pid)
+        _, stderr = recorder.communicate(timeout=seconds + 30)
+        if recorder.returncode != 0 or not output.exists():
+            results.profile_note = f"Not profiled: py-spy failed: {stderr.decode()[-300:]}"
+            results.profiles.clear()
+            return
+        results.profiles.append(ProfiledRun(label, summarise(output.read_text()), stats))
+        step(f"profiled {label}")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line of `python -m bench`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=(
+            "Start simulator, sidecar and service as `make run` does, measure them against "
+            "baselines started in the same run (bare aiohttp, a naive quote-per-request "
+            "service, the agent itself) and write the report. A full run takes about 200 s "
+            "and writes BENCHMARKS.md."
+        ),
+        epilog=(
+            "B1 GET /info throughput, B2 cached GET /attestation throughput, B3 the nonce "
+            "path (added latency, throughput, overload), B4 oauth3-verify --bundle; B5 "
+            "(memory) is read after whatever ran. Loads go to 127.0.0.1 only. wrk is used "
+            "when installed (installed with apt-get when running as root), else an aiohttp "
+            "client."
+        ),
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=(
+            f"a first look: {QUICK.runs} run of {QUICK.run_seconds} s per target after "
+            f"{QUICK.warmup_seconds} s of warm-up, {QUICK.latency_pairs} B3 latency pairs "
+            "(about 40 s); the report goes to stdout unless --output is given"
+        ),
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=PARTS,
+        metavar="PART",
+        help=f"run only this part ({', '.join(PARTS)}); repeat for several",
+    )
+    parser.add_argument(
+        "--output",
+        metavar="FILE",
+        help=(
+            "where to write the report, '-' for stdout (default: BENCHMARKS.md for a full "
+            "run of every part, stdout otherwise, so BENCHMARKS.md only ever holds full runs)"
+        ),
+    )
+    parser.add_argument(
+        "--note",
+        default="",
+        help="what else the machine was doing, written into the report's header",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
     """Entry point of `python -m bench` (`make bench`)."""
+    args = parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    parts = set(args.only or PARTS)
+    full_run = not args.quick and parts == set(PARTS)
+    output = args.output or ("BENCHMARKS.md" if full_run else "-")
     began = time.monotonic()
     wrk, how = ensure_wrk()
     results = Results(
         machine=machine_facts(),
         commit=git_commit(),
+        note=args.note,
         load_generator=(
             f"{wrk_version(wrk)} ({how}), 1 thread" if wrk else f"aiohttp fallback ({how})"
         ),
@@ -397,26 +635,33 @@ def main() -> None:
     step(f"load generator: {results.load_generator}")
     run_dir = Path(tempfile.mkdtemp(prefix="o3b", dir="/tmp"))
     try:
-        run_all(results, Driver(wrk), run_dir)
+        run_all(results, Driver(wrk, plan), run_dir, parts)
     except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
         sys.stderr.write(f"bench: failed: {exc}; logs in {run_dir}\n")
         raise SystemExit(1) from None
     results.settings = {
-        "runs per figure": RUNS,
-        "run length": f"{RUN_SECONDS} s (after a {WARMUP_SECONDS} s warm-up per target)",
+        "mode": "quick (a first look, not for BENCHMARKS.md)" if args.quick else "full",
+        "parts": ", ".join(sorted(parts)),
+        "runs per figure": plan.runs,
+        "run length": f"{plan.run_seconds} s (after a {plan.warmup_seconds} s warm-up per target)",
         "connections (B1, B2)": CONNECTIONS,
         "client timeout": f"{CLIENT_TIMEOUT_S} s",
         "simulator quote latency": f"{QUOTE_LATENCY_MS} ms, serialised",
-        "B3 latency": f"{RUNS} x {LATENCY_PAIRS} sequential pairs (direct agent call, service)",
+        "B3 latency": (
+            f"{plan.runs} x {plan.latency_pairs} sequential pairs (direct agent call, service)"
+        ),
         "B3 throughput concurrency": NONCE_CONCURRENCY,
         "B3 overload concurrency": f"{OVERLOAD_CONCURRENCY} (sidecar queue bound 16 + 1 quoting)",
-        "B4 in-process repeats": VERIFY_REPEATS,
+        "B4 in-process repeats": plan.verify_repeats,
     }
     results.wall_seconds = time.monotonic() - began
-    target = REPO / "BENCHMARKS.md"
-    target.write_text(render(results))
+    report = render(results)
+    if output == "-":
+        sys.stdout.write(report)
+    else:
+        (REPO / output if not Path(output).is_absolute() else Path(output)).write_text(report)
     shutil.rmtree(run_dir, ignore_errors=True)
-    step(f"wrote {target.name} in {results.wall_seconds:.0f} s")
+    step(f"wrote {'the report' if output == '-' else output} in {results.wall_seconds:.0f} s")
 
 
 if __name__ == "__main__":

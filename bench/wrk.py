@@ -34,11 +34,19 @@ class LoadStats:
     non_2xx: int
     timeouts: int
     errors: int
+    server_cpu_s: float | None = None
 
     @property
     def rps(self) -> float:
         """Completed requests per second."""
         return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def cpu_us_per_request(self) -> float | None:
+        """CPU time (user + system) the server process spent per completed request, in µs."""
+        if self.server_cpu_s is None or not self.requests:
+            return None
+        return self.server_cpu_s / self.requests * 1e6
 
 
 def _apt(*args: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from oauth3.logbuffer import Buffering
 from oauth3.logs import valid_level
 from oauth3.serve import Limits
 
@@ -55,6 +56,17 @@ def log_level(env: Mapping[str, str]) -> str:
         return valid_level(env.get("OAUTH3_LOG_LEVEL", "info"))
     except ValueError as exc:
         raise ConfigError(f"OAUTH3_LOG_LEVEL: {exc}") from None
+
+
+def log_buffering(env: Mapping[str, str]) -> Buffering:
+    """OAUTH3_LOG_BUFFER_LINES (1 writes every line at once) and OAUTH3_LOG_FLUSH_INTERVAL (s)."""
+    defaults = Buffering()
+    return Buffering(
+        max_lines=integer(env, "OAUTH3_LOG_BUFFER_LINES", defaults.max_lines, 1, 10_000),
+        flush_interval=number(
+            env, "OAUTH3_LOG_FLUSH_INTERVAL", defaults.flush_interval, 0.001, 3600
+        ),
+    )
 
 
 def limits(env: Mapping[str, str], prefix: str) -> Limits:

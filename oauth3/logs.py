@@ -1,23 +1,35 @@
-"""Configure structlog once per process: orjson JSON lines off a TTY, a console renderer on one;
-secrets are scrubbed from every event and tracebacks never carry local variables."""
+"""Configure logging once per process: orjson JSON lines off a TTY, a console renderer on one,
+for structlog and for everything Python itself would print (see stdlogs); secrets are scrubbed
+from every event and tracebacks never carry local variables."""
 
 from __future__ import annotations
 
+import atexit
+import contextvars
 import logging
 import re
 import sys
 import time
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any, BinaryIO
 
 import orjson
 import structlog
+
+from .logbuffer import BufferedLogger, Buffering, LineBuffer
+from .stdlogs import restore_python_output, route_python_output
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|PRIVATE_?KEY|CREDENTIAL", re.I)
 REDACTED = "[redacted]"
 MIN_SECRET_LENGTH = 4
 _PLAIN = (str, int, float, bool, type(None))
+_JSON_LINE = orjson.OPT_APPEND_NEWLINE
+_buffer: LineBuffer | None = None
+# the request being handled, for every line logged while it is (set by the request middleware)
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "oauth3_request_id", default=None
+)
 
 
 def secrets_from_env(env: Mapping[str, str]) -> list[str]:
@@ -31,6 +43,8 @@ class SecretRedactor:
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         known = {s for s in secrets if len(s) >= MIN_SECRET_LENGTH}
         self._secrets = sorted(known, key=len, reverse=True)
+        self._needles = [orjson.dumps(secret)[1:-1] for secret in self._secrets]
+        self._harmless_keys: set[str] = set()  # seen, and not secret-named
         self._secret_keys: dict[str, bool] = {}  # event keys are few: decide each once
 
     def __call__(
@@ -43,6 +57,34 @@ class SecretRedactor:
             elif not isinstance(value, _PLAIN) or (self._secrets and isinstance(value, str)):
                 event_dict[key] = self._scrub(value)
         return event_dict
+
+    def render(self, event_dict: MutableMapping[str, Any]) -> bytes:
+        """The event as one JSON line, scrubbed exactly as __call__ would, cheaply when flat.
+
+        The event is rendered first and scrubbed only when the line shows a reason to: a key
+        not yet known to be harmless, a nested value (a `{` past the first byte, or a `[`),
+        or a secret in its JSON-escaped form. JSON escapes each character on its own, so a
+        secret inside any string value always shows that way; false alarms only cost time.
+        """
+        try:
+            line = orjson.dumps(event_dict, option=_JSON_LINE)
+        except TypeError:
+            return self._render_scrubbed(event_dict)
+        if (
+            not self._harmless_keys.issuperset(event_dict)
+            or line.find(b"{", 1) != -1
+            or b"[" in line
+            or (self._needles and any(needle in line for needle in self._needles))
+        ):
+            return self._render_scrubbed(event_dict)
+        return line
+
+    def _render_scrubbed(self, event_dict: MutableMapping[str, Any]) -> bytes:
+        scrubbed = self(None, "", event_dict)
+        self._harmless_keys.update(
+            key for key in scrubbed if isinstance(key, str) and not self._is_secret_key(key)
+        )
+        return orjson.dumps(scrubbed, option=_JSON_LINE, default=repr)
 
     def _is_secret_key(self, key: str) -> bool:
         secret = self._secret_keys.get(key)
@@ -86,23 +128,72 @@ class UtcTimestamp:
         return event_dict
 
 
+def add_request_id(
+    logger: Any, method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: the current request's id (request_id_var), unless already given."""
+    request_id = request_id_var.get()
+    if request_id is not None:
+        event_dict.setdefault("request_id", request_id)
+    return event_dict
+
+
+class _RequestLines:
+    """The canonical request line built straight from its fields: the same keys, order,
+    timestamp, redaction and buffer as the structlog chain gives an info event, without it."""
+
+    def __init__(self, redactor: SecretRedactor, stamp: UtcTimestamp, buffer: LineBuffer) -> None:
+        self._redactor = redactor
+        self._stamp = stamp
+        self._buffer = buffer
+
+    def write(self, fields: dict[str, Any]) -> None:
+        fields["event"] = "request"
+        fields["level"] = "info"
+        self._stamp(None, "info", fields)
+        self._buffer.add(self._redactor.render(fields))
+
+
+_request_lines: _RequestLines | None = None
+_request_lines_enabled = True  # False below info level: no request lines at all
+
+
+def log_request(log: Any, fields: dict[str, Any]) -> None:
+    """Log the canonical `request` line with `fields` at info level (the dict is consumed).
+
+    With JSON lines configured it is rendered directly (see _RequestLines); on a console, or
+    under structlog.testing.capture_logs(), it goes through `log` like any other event.
+    """
+    if _request_lines is not None:
+        _request_lines.write(fields)
+    elif _request_lines_enabled:
+        log.info("request", **fields)
+
+
 def configure_logging(
     level: str = "info",
     *,
+    buffering: Buffering | None = None,
     json_lines: bool | None = None,
     secrets: Iterable[str] = (),
     stream: BinaryIO | None = None,
 ) -> None:
-    """Set up structlog for this process (JSON lines to `stream`, default stderr)."""
+    """Set up structlog for this process (JSON lines to `stream`, default stderr) and route
+    stdlib logging, warnings and uncaught exceptions through it. JSON lines are buffered as
+    `buffering` says (default: Buffering()); flush_logs() writes them, and runs at exit."""
+    global _buffer, _request_lines, _request_lines_enabled  # noqa: PLW0603 - one output per process
+    flush_logs()
     if json_lines is None:
         json_lines = stream is not None or not sys.stderr.isatty()
+    stamp = UtcTimestamp()
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
+        add_request_id,
         structlog.processors.add_log_level,
-        UtcTimestamp(),
+        stamp,
     ]
     redactor = SecretRedactor(secrets)
-    factory: structlog.types.WrappedLogger
+    factory: Callable[..., Any]
     if json_lines:
         processors: list[structlog.types.Processor] = [
             *shared,
@@ -110,9 +201,17 @@ def configure_logging(
                 structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
             ),
             redactor,
-            structlog.processors.JSONRenderer(serializer=orjson.dumps),
+            structlog.processors.JSONRenderer(
+                serializer=orjson.dumps, option=orjson.OPT_APPEND_NEWLINE
+            ),
         ]
-        factory = structlog.BytesLoggerFactory(stream or sys.stderr.buffer)
+        _buffer = LineBuffer(stream or sys.stderr.buffer, buffering)
+        final_logger = BufferedLogger(_buffer)
+        _request_lines = _RequestLines(redactor, stamp, _buffer)
+
+        def factory(*args: Any) -> BufferedLogger:
+            return final_logger
+
     else:
         processors = [
             *shared,
@@ -121,12 +220,38 @@ def configure_logging(
             structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback),
         ]
         factory = structlog.PrintLoggerFactory(sys.stderr)
+        _buffer = _request_lines = None
+    level_no = _LEVELS.get(level, logging.INFO)
+    _request_lines_enabled = level_no <= logging.INFO
+    if not _request_lines_enabled:
+        _request_lines = None
     structlog.configure(
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
+        wrapper_class=structlog.make_filtering_bound_logger(level_no),
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
+    route_python_output(level_no)
+
+
+def flush_logs() -> None:
+    """Write the buffered log lines now (serve() calls it when it stops; it also runs at exit)."""
+    if _buffer is not None:
+        _buffer.flush()
+
+
+atexit.register(flush_logs)
+
+
+def reset_logging() -> None:
+    """Undo configure_logging (for tests): lines flushed, structlog's defaults, Python's own
+    output back."""
+    global _buffer, _request_lines, _request_lines_enabled  # noqa: PLW0603 - see configure_logging
+    flush_logs()
+    _buffer = _request_lines = None
+    _request_lines_enabled = True
+    structlog.reset_defaults()
+    restore_python_output()
 
 
 def valid_level(value: str) -> str:

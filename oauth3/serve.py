@@ -17,6 +17,8 @@ import orjson
 import structlog
 from aiohttp import web
 
+from .logs import flush_logs
+
 log = structlog.get_logger("serve")
 SOCKET_GUARD_INTERVAL_S = 1.0
 _REFUSAL_BODY = orjson.dumps(
@@ -173,3 +175,4 @@ async def serve(
                 os.unlink(unix_path)
         for sig in signals:
             loop.remove_signal_handler(sig)
+        flush_logs()

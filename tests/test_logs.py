@@ -14,7 +14,14 @@ import pytest
 import requests
 import structlog
 
-from oauth3.logs import REDACTED, configure_logging, secrets_from_env
+from oauth3.logs import (
+    REDACTED,
+    configure_logging,
+    log_request,
+    request_id_var,
+    reset_logging,
+    secrets_from_env,
+)
 from tests.stack import running_stack
 
 PLANTED = "planted-s3cret-8f1e2d"
@@ -26,7 +33,7 @@ def json_log() -> Iterator[io.BytesIO]:
     stream = io.BytesIO()
     configure_logging("debug", secrets=[PLANTED], stream=stream)  # type: ignore[arg-type]
     yield stream
-    structlog.reset_defaults()
+    reset_logging()
 
 
 def lines(stream: io.BytesIO) -> list[dict[str, object]]:
@@ -41,6 +48,61 @@ def test_secret_values_and_secret_keys_are_redacted(json_log: io.BytesIO) -> Non
     assert line["detail"] == f"token is {REDACTED}"
     assert line["nested"] == {"a": [REDACTED]}
     assert line["api_token"] == REDACTED
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"note": "plain"},
+        {"note": f"token is {PLANTED}"},
+        {"api_token": "x1234"},
+        {"nested": {"a": [PLANTED], "password": "x"}},
+        {"refused": "/{tail:.*}", "items": [1, "two"]},
+        {"odd": b"bytes", "when": 1.5e300},
+    ],
+    ids=["clean", "secret-in-a-value", "secret-named-key", "nested", "brackets", "odd-types"],
+)
+def test_request_line_is_the_structlog_line_and_as_redacted(
+    json_log: io.BytesIO, extra: dict[str, object]
+) -> None:
+    fields = {
+        "request_id": f"id-{PLANTED}",
+        "method": "GET",
+        "route": "/info",
+        "status": 200,
+        "duration_ms": 0.25,
+        **extra,
+    }
+    for _ in range(2):  # the second time, every key is known to be harmless or not
+        log_request(structlog.get_logger("t"), dict(fields))
+    structlog.get_logger("t").info("request", **fields)
+    first, fast, slow = lines(json_log)
+    assert first.pop("timestamp") <= fast["timestamp"]
+    assert first == {k: v for k, v in fast.items() if k != "timestamp"}
+    assert PLANTED.encode() not in json_log.getvalue()
+    assert fast.pop("timestamp") <= slow.pop("timestamp")
+    assert list(fast.items()) == list(slow.items())
+    assert fast["request_id"] == f"id-{REDACTED}"
+    assert fast["event"] == "request"
+    assert fast["level"] == "info"
+
+
+def test_no_request_line_below_info(json_log: io.BytesIO) -> None:
+    configure_logging("warning", secrets=[PLANTED], stream=json_log)  # type: ignore[arg-type]
+    log_request(structlog.get_logger("t"), {"request_id": "r", "status": 200})
+    assert json_log.getvalue() == b""
+
+
+def test_lines_logged_during_a_request_carry_its_id(json_log: io.BytesIO) -> None:
+    token = request_id_var.set("req-42")
+    try:
+        structlog.get_logger("t").warning("agent_error", status=502)
+    finally:
+        request_id_var.reset(token)
+    structlog.get_logger("t").warning("after")
+    inside, after = lines(json_log)
+    assert inside["request_id"] == "req-42"
+    assert "request_id" not in after
 
 
 def test_tracebacks_carry_no_locals(json_log: io.BytesIO) -> None:

@@ -11,11 +11,12 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from oauth3.envconfig import ConfigError
-from oauth3.metrics import checked_sidecar_text
+from oauth3.metrics import REQUEST_BUCKETS, ServiceMetrics, checked_sidecar_text
 from oauth3.service.app import create_app
 from oauth3.service.settings import ServiceSettings
 from tests.fakes import Harness, unix_session
@@ -293,3 +294,40 @@ def test_metrics_settings() -> None:
 )
 def test_sidecar_text_checked_before_relaying(body: bytes, accepted: bool) -> None:
     assert (checked_sidecar_text(body) is not None) is accepted
+
+
+def test_request_figures_read_as_prometheus_clients_own_counter_and_histogram() -> None:
+    ours = ServiceMetrics()
+    reference = CollectorRegistry()
+    requests = Counter("oauth3_requests", "", ["route", "status"], registry=reference)
+    latency = Histogram(
+        "oauth3_request_duration_seconds",
+        "",
+        ["route"],
+        buckets=REQUEST_BUCKETS,
+        registry=reference,
+    )
+    observations = [
+        ("/info", 200, 0.0004),
+        ("/info", 200, 0.0005),  # on a bucket's bound: counted in it (le is inclusive)
+        ("/info", 304, 0.003),
+        ("/attestation", 503, 0.02),
+        ("/attestation", 200, 20.0),  # beyond the last bound: +Inf only
+    ]
+    for route, status, seconds in observations:
+        ours.observe_request(route, status, seconds)
+        requests.labels(route, str(status)).inc()
+        latency.labels(route).observe(seconds)
+
+    def samples(registry: CollectorRegistry) -> dict[tuple[str, Labels], float]:
+        parsed = parse(generate_latest(registry).decode())
+        return {
+            key: value
+            for key, value in parsed.items()
+            if key[0].startswith(("oauth3_requests", "oauth3_request_duration"))
+            and not key[0].endswith("_created")
+        }
+
+    expected = samples(reference)
+    assert expected
+    assert samples(ours.registry) == expected

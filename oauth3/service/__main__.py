@@ -26,7 +26,11 @@ def main(argv: list[str] | None = None) -> None:
         settings = ServiceSettings.from_env()
     except ConfigError as exc:
         fail(f"oauth3-service: {exc}")
-    configure_logging(settings.log_level, secrets=secrets_from_env(os.environ))
+    configure_logging(
+        settings.log_level,
+        buffering=settings.log_buffering,
+        secrets=secrets_from_env(os.environ),
+    )
     log = structlog.get_logger("service")
     app = create_app(settings)
     log.info(
@@ -44,7 +48,8 @@ def main(argv: list[str] | None = None) -> None:
         )
     except OSError as exc:
         where = f"{settings.host}:{settings.port}"
-        fail(f"oauth3-service: cannot listen on {where}: {exc.strerror or exc}", 1)
+        log.error("cannot_listen", address=where, error=exc.strerror or str(exc))
+        raise SystemExit(1) from None
     log.info("stopped")
 
 

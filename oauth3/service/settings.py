@@ -10,7 +10,8 @@ from typing import Any
 
 import orjson
 
-from oauth3.envconfig import ConfigError, integer, limits, log_level, number
+from oauth3.envconfig import ConfigError, integer, limits, log_buffering, log_level, number
+from oauth3.logbuffer import Buffering
 from oauth3.serve import Limits
 
 DEFAULT_METRICS_PORT = 9464
@@ -58,6 +59,7 @@ class ServiceSettings:
     shutdown_timeout: float = 10.0
     build_info: dict[str, Any] | None = None
     log_level: str = "info"
+    log_buffering: Buffering = field(default_factory=Buffering)
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0  # off unless asked for; from_env defaults to DEFAULT_METRICS_PORT
     limits: Limits = field(default_factory=Limits)
@@ -88,6 +90,7 @@ class ServiceSettings:
             shutdown_timeout=number(env, "OAUTH3_SHUTDOWN_TIMEOUT", 10.0, 0, 600),
             build_info=parse_build_info(env.get("OAUTH3_BUILD_INFO")),
             log_level=log_level(env),
+            log_buffering=log_buffering(env),
             limits=limits(env, "OAUTH3_"),
             max_pending_quotes=integer(env, "OAUTH3_MAX_PENDING_QUOTES", 17, 1, 10_001),
             max_batch=integer(env, "OAUTH3_MAX_BATCH", 4096, 1, 1 << 20),

@@ -44,7 +44,11 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"oauth3-sidecar: {exc}")
     if args.command == "healthcheck":
         raise SystemExit(0 if healthcheck(settings) else 1)
-    configure_logging(settings.log_level, secrets=secrets_from_env(os.environ))
+    configure_logging(
+        settings.log_level,
+        buffering=settings.log_buffering,
+        secrets=secrets_from_env(os.environ),
+    )
     log = structlog.get_logger("sidecar")
     log.info("starting", socket=str(settings.socket), agent_socket=str(settings.agent_socket))
     try:
@@ -57,9 +61,11 @@ def main(argv: list[str] | None = None) -> None:
             )
         )
     except SocketInUseError as exc:
-        fail(f"oauth3-sidecar: {exc}", 1)
+        log.error("cannot_listen", address=str(settings.socket), error=str(exc))
+        raise SystemExit(1) from None
     except OSError as exc:
-        fail(f"oauth3-sidecar: cannot listen on {settings.socket}: {exc.strerror or exc}", 1)
+        log.error("cannot_listen", address=str(settings.socket), error=exc.strerror or str(exc))
+        raise SystemExit(1) from None
     log.info("stopped")
 
 

@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from oauth3.envconfig import file_mode, integer, limits, log_level, number
+from oauth3.envconfig import file_mode, integer, limits, log_buffering, log_level, number
+from oauth3.logbuffer import Buffering
 from oauth3.serve import Limits
 
 # where the official dstack SDKs look for the guest agent, in order (reference §1.5)
@@ -42,6 +43,7 @@ class SidecarSettings:
     info_timeout: float = 5.0
     retry_after: int = 1
     log_level: str = "info"
+    log_buffering: Buffering = field(default_factory=Buffering)
     limits: Limits = field(default_factory=Limits)
 
     @classmethod
@@ -59,5 +61,6 @@ class SidecarSettings:
             info_timeout=number(env, "OAUTH3_SIDECAR_INFO_TIMEOUT", 5.0, 0.01, 600),
             retry_after=integer(env, "OAUTH3_SIDECAR_RETRY_AFTER", 1, 1, 3600),
             log_level=log_level(env),
+            log_buffering=log_buffering(env),
             limits=limits(env, "OAUTH3_SIDECAR_"),
         )

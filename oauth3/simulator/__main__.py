@@ -71,16 +71,23 @@ def main(argv: list[str] | None = None) -> None:
         prepare_socket_path(settings.socket)
     except SocketInUseError as exc:
         fail(f"{PROG}: {exc}", 1)
-    configure_logging(settings.log_level, secrets=secrets_from_env(os.environ))
+    configure_logging(
+        settings.log_level,
+        buffering=settings.log_buffering,
+        secrets=secrets_from_env(os.environ),
+    )
     log = structlog.get_logger("simulator")
     dcap = app[DCAP]
     if settings.dcap_dir is not None:
         try:
             dcap.write_files(settings.dcap_dir)
         except OSError as exc:
-            fail(
-                f"{PROG}: cannot write DCAP files to {settings.dcap_dir}: {exc.strerror or exc}", 1
+            log.error(
+                "cannot_write_dcap_files",
+                path=str(settings.dcap_dir),
+                error=exc.strerror or str(exc),
             )
+            raise SystemExit(1) from None
     cvm = app[CVM]
     log.info(
         "starting",
@@ -104,10 +111,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         asyncio.run(_run(app, settings))
-    except SocketInUseError as exc:
-        fail(f"{PROG}: {exc}", 1)
-    except OSError as exc:
-        fail(f"{PROG}: cannot listen: {exc.strerror or exc}", 1)
+    except (SocketInUseError, OSError) as exc:
+        error = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        log.error("cannot_listen", error=error)
+        raise SystemExit(1) from None
     log.info("stopped")
 
 

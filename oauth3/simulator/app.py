@@ -18,6 +18,7 @@ from aiohttp import web
 
 from oauth3 import package_version
 from oauth3.httpmw import WELL_FORMED_REQUEST_ID
+from oauth3.logs import log_request
 
 from .mockdcap import MockDcap
 from .settings import SimulatorSettings
@@ -118,6 +119,7 @@ EVENT_LOG = web.AppKey("event_log", str)
 INFO_BODY = web.AppKey("info_body", bytes)
 VERSION_BODY = web.AppKey("version_body", bytes)
 LOG_FIELDS = web.RequestKey("log_fields", dict[str, Any])
+log = structlog.get_logger("simulator")
 
 
 def _json(body: bytes, status: int = 200) -> web.Response:
@@ -200,7 +202,6 @@ async def log_requests(request: web.Request, handler: Handler) -> web.StreamResp
     inbound = request.headers.get("X-Request-ID", "")
     if WELL_FORMED_REQUEST_ID.fullmatch(inbound):
         request[LOG_FIELDS]["request_id"] = inbound
-    log = structlog.get_logger("simulator")
     response: web.StreamResponse
     try:
         response = await handler(request)
@@ -209,14 +210,15 @@ async def log_requests(request: web.Request, handler: Handler) -> web.StreamResp
     except Exception:
         log.exception("unhandled_error", path=request.path)
         response = error_response("internal error", 500)
-    log.info(
-        "request",
-        method=request.method,
-        path=request.path,
-        status=response.status,
-        duration_ms=round((time.perf_counter() - started) * 1000, 3),
-        **request[LOG_FIELDS],
-    )
+    fields: dict[str, Any] = {
+        "method": request.method,
+        "path": request.path,
+        "status": response.status,
+        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+    }
+    notes: dict[str, Any] = request[LOG_FIELDS]
+    fields.update(notes)
+    log_request(log, fields)
     if isinstance(response, web.HTTPException):
         raise response
     return response

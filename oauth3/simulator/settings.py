@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import cast
 
 from oauth3.attestation.tcb import TCB_STATUSES, TcbStatus
-from oauth3.envconfig import ConfigError
+from oauth3.envconfig import ConfigError, log_buffering
+from oauth3.logbuffer import Buffering
 from oauth3.logs import valid_level
 
 from .mockdcap import MockDcapOptions
@@ -63,6 +64,7 @@ class SimulatorSettings:
     dcap_dir: Path | None = None
     pccs_port: int = 0
     log_level: str = "info"
+    log_buffering: Buffering = field(default_factory=Buffering)
     dcap: MockDcapOptions = field(default_factory=MockDcapOptions)
     variant: CvmVariant = field(default_factory=CvmVariant)
     socket_mode: int = 0o666
@@ -320,6 +322,7 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str]) -> SimulatorSett
             dcap_dir=Path(dcap_dir[0]) if dcap_dir is not None else None,
             pccs_port=_integer(_pick(args, env, "pccs_port"), 0, 65535),
             log_level=valid_level(log_level[0]) if log_level is not None else "info",
+            log_buffering=log_buffering(env),
             dcap=_dcap_options(args, env),
             variant=_variant(args, env),
         )

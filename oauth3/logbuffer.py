@@ -1,0 +1,97 @@
+"""Log lines batched in memory and written together, as nginx's `access_log … buffer= flush=`:
+one write(2) per batch instead of one per line."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass
+from typing import BinaryIO
+
+
+@dataclass(frozen=True, slots=True)
+class Buffering:
+    """How many log lines may wait in memory (1: none) and for how long at most."""
+
+    max_lines: int = 32
+    flush_interval: float = 0.5
+
+    @property
+    def max_lost_lines(self) -> int:
+        """The most lines a SIGKILL can lose: what the buffer holds between two writes."""
+        return max(1, self.max_lines) - 1
+
+
+class LineBuffer:
+    """Holds up to `max_lines - 1` lines; writes them all when the next one arrives, when the
+    oldest has waited `flush_interval` seconds, before any urgent line, and on flush().
+
+    So a process killed without warning (SIGKILL, OOM) loses at most `max_lines - 1` lines,
+    those of its last `flush_interval` seconds unless a blocked event loop held the timer back;
+    lines logged where no event loop runs (start-up,
+    shutdown, other threads) are written at once, since no timer could flush them later.
+    """
+
+    def __init__(self, stream: BinaryIO, buffering: Buffering | None = None) -> None:
+        buffering = buffering or Buffering()
+        self._stream = stream
+        self._max_lines = max(1, buffering.max_lines)
+        self._interval = buffering.flush_interval
+        self._lines: list[bytes] = []
+        self._lock = threading.Lock()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
+
+    def add(self, line: bytes) -> None:
+        """Buffer one line (ending in a newline); write the batch when it is full."""
+        loop = asyncio._get_running_loop()  # None where no loop runs, without an exception
+        with self._lock:
+            lines = self._lines
+            lines.append(line)
+            if loop is None or len(lines) >= self._max_lines:
+                self._write_locked()
+            # a timer armed on a loop that has since stopped would never fire: re-arm here
+            elif self._timer is None or self._timer_loop is not loop:
+                self._timer = loop.call_later(self._interval, self.flush)
+                self._timer_loop = loop
+
+    def urgent(self, line: bytes) -> None:
+        """Write the buffered lines and this one now (warnings and errors)."""
+        with self._lock:
+            self._lines.append(line)
+            self._write_locked()
+
+    def flush(self) -> None:
+        """Write whatever is buffered (the timer, shutdown and exit call this)."""
+        with self._lock:
+            self._write_locked()
+
+    def _write_locked(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = self._timer_loop = None
+        if not self._lines:
+            return
+        batch = b"".join(self._lines)
+        self._lines.clear()
+        self._stream.write(batch)
+        self._stream.flush()
+
+
+class BufferedLogger:
+    """structlog's final logger over a LineBuffer: debug and info lines are buffered, warnings
+    and errors are written at once (with everything buffered before them, in order)."""
+
+    def __init__(self, buffer: LineBuffer) -> None:
+        self._buffer = buffer
+
+    def info(self, line: bytes) -> None:
+        """Buffer one rendered line (it already ends in a newline)."""
+        self._buffer.add(line)
+
+    def warning(self, line: bytes) -> None:
+        """Write the buffer and this line now."""
+        self._buffer.urgent(line)
+
+    debug = msg = log = info
+    warn = error = err = critical = fatal = exception = warning
