@@ -3,12 +3,19 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DISTRIBUTIONS := attestation runtime sidecar service verifier simulator
 
-.PHONY: venv test lint typecheck pytest run load e2e bench up down clean
+.PHONY: venv lock test lint typecheck pytest run load e2e bench images up down clean
 
-$(STAMP): pyproject.toml constraints.txt
+# third-party packages only from the lock, each checked against its hash; then our six
+# distributions in editable mode, built with the locked setuptools (no unpinned build backend)
+$(STAMP): requirements.lock $(DISTRIBUTIONS:%=%/pyproject.toml)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps \
+		-r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps \
+		--no-build-isolation $(DISTRIBUTIONS:%=-e %)
+	$(BIN)/python -m pip check --disable-pip-version-check
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -42,6 +49,13 @@ up:
 
 down:
 	cd deploy && docker-compose down -v
+
+# regenerate requirements.lock (hashes of every pinned version) from requirements.in
+lock:
+	$(PYTHON) -m venv .venv-lock && .venv-lock/bin/pip install --quiet pip-tools
+	.venv-lock/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+		--no-emit-index-url --no-emit-trusted-host --no-emit-find-links \
+		--output-file=requirements.lock requirements.in
 
 clean:
 	rm -rf $(VENV) run .mypy_cache .pytest_cache .ruff_cache .hypothesis

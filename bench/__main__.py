@@ -27,7 +27,7 @@ import aiohttp
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from oauth3.devstack import Child, StackPaths, start_stack, stop_all
+from oauth3.simulator.devstack import Child, StackPaths, start_stack, stop_all
 
 from .loadgen import Samples, closed_loop, getter, percentile
 from .profile import py_spy, start_recording, summarise

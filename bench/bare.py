@@ -9,7 +9,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from oauth3.serve import serve
+from oauth3.runtime.serve import serve
 
 
 def bare_app(info: bytes, attestation: bytes) -> web.Application:

@@ -14,7 +14,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from oauth3.serve import serve
+from oauth3.runtime.serve import serve
 
 AGENT = web.AppKey("agent", aiohttp.ClientSession)
 

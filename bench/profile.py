@@ -18,10 +18,10 @@ _FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^():]*)(?::\d+)?\)$")
 PARTS: tuple[tuple[str, str], ...] = (
     (
         "log lines (structlog, timestamp, redaction, orjson, buffer)",
-        r"^(structlog/|orjson|oauth3/(logs|logbuffer|stdlogs)\.py)",
+        r"(^|/)(structlog/|orjson|oauth3/runtime/(logs|logbuffer|stdlogs)\.py)",
     ),
-    ("metrics", r"^(prometheus_client/|oauth3/metrics\.py)"),
-    ("oauth3 middleware and handlers", r"^oauth3/"),
+    ("metrics", r"(^|/)(prometheus_client/|oauth3/[a-z]+/metrics\.py)"),
+    ("oauth3 middleware and handlers", r"(^|/)oauth3/"),
     ("aiohttp (parser, routing, response)", r"^(aiohttp|multidict|yarl|propcache)/"),
     ("event loop and sockets (asyncio)", r"^(asyncio/|selectors)"),
 )

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from oauth3.devstack import Child, StackPaths, start_stack, stop_all
+from oauth3.simulator.devstack import Child, StackPaths, start_stack, stop_all
 from tests.fakes import short_socket_dir
+from tests.verifycli import pins_for
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = REPO_ROOT / "deploy" / "phala-app.yaml"
@@ -54,6 +59,17 @@ class RunningStack:
         sidecar.process = subprocess.Popen(
             [sys.executable, "-m", "oauth3.sidecar"], env=env, stderr=sidecar.log_file
         )
+
+
+def observed_pins(stack: RunningStack) -> list[str]:
+    """The stack's own mock root, compose hash and platform registers as oauth3-verify flags:
+    what a relying party would pin for it. make run writes no policy for a stack its own check
+    refuses (one playing an attack, or a TCB status outside the default policy)."""
+    with urllib.request.urlopen(f"{stack.base_url}/attestation", timeout=10) as response:
+        quote = base64.b64decode(json.loads(response.read())["quote"])
+    compose = hashlib.sha256(stack.paths.app_compose.read_bytes()).hexdigest()
+    root = ["--root-ca", str(stack.paths.dcap_dir / "root-ca.der")]
+    return [*root, *pins_for(quote, compose)]
 
 
 @contextmanager

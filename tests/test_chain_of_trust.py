@@ -24,8 +24,8 @@ import pytest
 from aiohttp import web
 
 from oauth3.attestation.dstack_os import release_for
-from oauth3.phala import render
-from tests.stack import MANIFEST, RunningStack, free_port, running_stack
+from oauth3.verifier.phala import render
+from tests.stack import MANIFEST, RunningStack, free_port, observed_pins, running_stack
 from tests.verifycli import step, verify, verify_text
 
 SIMULATED = ["--allow-simulated"]
@@ -131,7 +131,8 @@ async def test_another_mrtd_fails_the_pinned_platform(honest: RunningStack) -> N
 
 async def test_a_dev_os_is_refused_even_when_its_registers_are_pinned() -> None:
     with running_stack(OAUTH3_SIM_ATTACKS="dev-os") as dev:
-        args = [dev.base_url, *SIMULATED, *policy(dev), *collateral(dev)]
+        assert not dev.paths.policy.exists()  # make run's own check refused it too
+        args = [dev.base_url, *SIMULATED, *observed_pins(dev), *collateral(dev)]
         code, report = await verify(args)
         os_facts = step(report, "platform")["details"]["os"]
         assert code == 21, report
@@ -216,14 +217,15 @@ async def test_a_bundle_is_checked_now_not_when_it_says(tmp_path: Path) -> None:
 
 async def test_skip_dcap_and_a_debug_td() -> None:
     with running_stack(OAUTH3_SIM_ATTACKS="debug-td") as debug:
-        code, report = await verify([debug.base_url, *SIMULATED, *policy(debug), "--skip-dcap"])
+        pins = observed_pins(debug)  # even with every register pinned as observed
+        code, report = await verify([debug.base_url, *SIMULATED, *pins, "--skip-dcap"])
         assert code == 21, report
         assert "DEBUG mode" in step(report, "platform")["reason"]
-        code, report = await verify(
-            [debug.base_url, *SIMULATED, *policy(debug), *collateral(debug)]
-        )
-    assert code in (11, 21), report
-    assert report["verdict"] == "FAILED"
+        code, report = await verify([debug.base_url, *SIMULATED, *pins, *collateral(debug)])
+    # DCAP refuses a debug TD first; the platform step would too
+    assert code == 11, report
+    assert "Debug mode" in step(report, "hardware")["reason"]
+    assert step(report, "platform")["ok"] is False
 
 
 async def test_skip_dcap_on_an_honest_stack_is_partial(honest: RunningStack) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-INSPECT = [sys.executable, "-m", "oauth3.cli.inspect"]
+INSPECT = [sys.executable, "-m", "oauth3.verifier.inspect"]
 
 
 def run(args: list[str], stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:

@@ -11,8 +11,8 @@ from contextlib import asynccontextmanager
 import pytest
 from aiohttp import web
 
-from oauth3.httpmw import request_middleware
-from oauth3.serve import Limits, serve
+from oauth3.runtime.httpmw import request_middleware
+from oauth3.runtime.serve import Limits, serve
 from tests.fakes import short_socket_dir, unix_session
 from tests.stack import free_port
 

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import requests
 
-from oauth3.logbuffer import Buffering, LineBuffer
+from oauth3.runtime.logbuffer import Buffering, LineBuffer
 from tests.stack import running_stack
 
 

@@ -20,8 +20,8 @@ import pytest
 import requests
 from aiohttp import http_exceptions
 
-from oauth3.logs import configure_logging, reset_logging
-from oauth3.stdlogs import REFUSED, refusal_fields
+from oauth3.runtime.logs import configure_logging, reset_logging
+from oauth3.runtime.stdlogs import REFUSED, refusal_fields
 from tests.stack import running_stack
 
 MARK = "Mk7q-never-logged"

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from oauth3 import logs
-from oauth3.logs import UtcTimestamp
+from oauth3.runtime import logs
+from oauth3.runtime.logs import UtcTimestamp
 
 
 def test_timestamp_is_rfc3339_utc_and_current() -> None:

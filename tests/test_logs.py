@@ -14,7 +14,7 @@ import pytest
 import requests
 import structlog
 
-from oauth3.logs import (
+from oauth3.runtime.logs import (
     REDACTED,
     configure_logging,
     log_request,
@@ -159,7 +159,7 @@ def _imports_and_strings(path: Path) -> tuple[set[str], set[str]]:
 
 
 def test_service_code_never_reaches_the_dstack_socket() -> None:
-    service_files = sorted((REPO / "oauth3" / "service").glob("*.py"))
+    service_files = sorted((REPO / "service" / "src" / "oauth3" / "service").glob("*.py"))
     assert service_files
     for path in service_files:
         imports, strings = _imports_and_strings(path)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from oauth3.envconfig import ConfigError
-from oauth3.serve import SocketInUseError, prepare_socket_path
+from oauth3.runtime.envconfig import ConfigError
+from oauth3.runtime.serve import SocketInUseError, prepare_socket_path
 from oauth3.sidecar.__main__ import healthcheck
 from oauth3.sidecar.app import create_app
 from oauth3.sidecar.settings import SidecarSettings, default_agent_socket

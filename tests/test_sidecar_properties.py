@@ -7,7 +7,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oauth3.problem import Problem
+from oauth3.runtime.problem import Problem
 from oauth3.sidecar.app import validate_quote_request
 
 

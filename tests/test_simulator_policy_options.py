@@ -6,8 +6,8 @@ from datetime import timedelta
 
 import pytest
 
-from oauth3.cli import OneLineParser
-from oauth3.envconfig import ConfigError
+from oauth3.runtime.cli import OneLineParser
+from oauth3.runtime.envconfig import ConfigError
 from oauth3.simulator.settings import SimulatorSettings, from_args, parser
 
 

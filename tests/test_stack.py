@@ -20,7 +20,7 @@ import pytest
 from dstack_sdk import AsyncDstackClient
 
 from oauth3.attestation import parse_quote
-from oauth3.phala import render
+from oauth3.verifier.phala import render
 from tests.fakes import short_socket_dir
 from tests.stack import MANIFEST, RunningStack, free_port, running_stack
 
@@ -113,7 +113,7 @@ def test_make_run_command_end_to_end() -> None:
         "OAUTH3_MANIFEST": str(MANIFEST),
     }
     with subprocess.Popen(
-        [sys.executable, "-m", "oauth3.devstack"],
+        [sys.executable, "-m", "oauth3.simulator.devstack"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -14,8 +14,8 @@ import orjson
 import pytest
 from aiohttp import web
 
-from oauth3.phala import render
-from tests.stack import MANIFEST, RunningStack, free_port, running_stack
+from oauth3.verifier.phala import render
+from tests.stack import MANIFEST, RunningStack, free_port, observed_pins, running_stack
 from tests.verifycli import step, verify
 
 SIMULATED = ["--allow-simulated"]
@@ -178,7 +178,7 @@ async def test_tcb_policy_on_a_real_stack(
         args = [
             policy_stack.base_url,
             *SIMULATED,
-            *mock_root(policy_stack),
+            *observed_pins(policy_stack),
             *collateral(policy_stack),
         ]
         code, report = await verify(args)

@@ -1,0 +1,204 @@
+"""The service's aiohttp app factory: routes, typed app keys and one cleanup_ctx per resource."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from importlib import resources
+
+import structlog
+from aiohttp import web
+
+from oauth3.attestation import LAYOUT, LAYOUT_V2, LAYOUTS, ReportDataError, parse_nonce
+from oauth3.runtime import package_version
+from oauth3.runtime.httpmw import REQUEST_ID, note, request_middleware
+from oauth3.runtime.metrics import metrics_listener
+from oauth3.runtime.problem import Problem
+
+from .agent import AgentError, SidecarClient
+from .identity import InfoDocument, build_info_document
+from .metrics import ServiceMetrics, ServiceScraper
+from .quotes import QuoteOutcome, QuoteProvider
+from .settings import ServiceSettings
+
+DISTRIBUTION = "oauth3-service"  # /info names its version
+SETTINGS = web.AppKey("settings", ServiceSettings)
+INFO = web.AppKey("info", InfoDocument)
+SIDECAR = web.AppKey("sidecar", SidecarClient)
+QUOTES = web.AppKey("quotes", QuoteProvider)
+OPENAPI = web.AppKey("openapi", bytes)
+METRICS = web.AppKey("metrics", ServiceMetrics)
+
+log = structlog.get_logger("service")
+
+
+async def get_info(request: web.Request) -> web.Response:
+    """GET /info: the identity bytes, exactly as hashed into every quote."""
+    info = request.app[INFO]
+    headers = {"ETag": info.etag, "Cache-Control": "no-cache"}
+    if info.etag in request.headers.getall("If-None-Match", []):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=info.body, content_type="application/json", headers=headers)
+
+
+def _layout_from_query(request: web.Request) -> str:
+    values = request.query.getall("layout", [])
+    if len(values) > 1:
+        raise Problem(400, "layout was given more than once")
+    layout = values[0] if values else LAYOUT
+    if layout not in LAYOUTS:
+        raise Problem(400, f"layout must be one of {', '.join(LAYOUTS)}")
+    return layout
+
+
+def _nonce_from_query(request: web.Request) -> bytes | None:
+    unknown = sorted(set(request.query) - {"nonce", "layout"})
+    if unknown:
+        raise Problem(
+            400, f"unknown query parameter {unknown[0]!r}; only 'nonce' and 'layout' are accepted"
+        )
+    values = request.query.getall("nonce", [])
+    if not values:
+        return None
+    if len(values) > 1:
+        request.app[METRICS].nonce_rejections.inc()
+        note(request, nonce_rejected=True)
+        raise Problem(400, "nonce was given more than once")
+    try:
+        return parse_nonce(values[0])
+    except ReportDataError as exc:
+        request.app[METRICS].nonce_rejections.inc()
+        note(request, nonce_rejected=True)
+        raise Problem(400, str(exc)) from None
+
+
+def _agent_problem(exc: AgentError) -> Problem:
+    log.warning("agent_error", status=exc.status, reason=exc.reason, detail=exc.log_detail)
+    retry_after = exc.retry_after if exc.status in (503, 504) else None
+    return Problem(exc.status, exc.reason, retry_after=retry_after)
+
+
+async def get_attestation(request: web.Request) -> web.Response:
+    """GET /attestation[?nonce=<64 hex>]: a quote whose report_data binds /info (and the nonce)."""
+    nonce = _nonce_from_query(request)
+    layout = _layout_from_query(request)
+    if layout == LAYOUT_V2 and nonce is None:
+        raise Problem(400, f"layout {LAYOUT_V2} needs a nonce: it binds a tree of nonces")
+    provider = request.app[QUOTES]
+    note(request, nonce=nonce is not None)
+    try:
+        outcome: QuoteOutcome
+        if nonce is None:
+            outcome = await provider.cached(request[REQUEST_ID])
+        elif layout == LAYOUT_V2:
+            outcome = await provider.batched(nonce, request[REQUEST_ID])
+        else:
+            outcome = await provider.fresh(nonce, request[REQUEST_ID])
+    except AgentError as exc:
+        request.app[METRICS].quotes.labels("rejected").inc()
+        note(request, quote="rejected", cache_hit=False, agent_error=exc.reason)
+        raise _agent_problem(exc) from None
+    request.app[METRICS].quotes.labels(outcome.source).inc()
+    agent = outcome.served.agent
+    waited = outcome.source != "cached"
+    note(
+        request,
+        quote=outcome.source,
+        cache_hit=not waited,
+        queue_ms=agent.queue_ms if waited else None,
+        agent_ms=agent.agent_ms if waited else None,
+    )
+    cache_control = "no-store" if nonce is not None else "no-cache"
+    return web.Response(
+        body=outcome.served.body,
+        content_type="application/json",
+        headers={"Cache-Control": cache_control},
+    )
+
+
+async def get_openapi(request: web.Request) -> web.Response:
+    """GET /openapi.json: the API contract (OpenAPI 3.1), as checked in."""
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """GET /healthz: the process is up; touches nothing."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """GET /readyz: the sidecar answers and the agent behind it answers Info."""
+    settings = request.app[SETTINGS]
+    try:
+        await request.app[SIDECAR].info(request[REQUEST_ID], settings.ready_timeout)
+    except AgentError as exc:
+        note(request, not_ready=exc.reason)
+        raise Problem(503, f"not ready: {exc.reason}", retry_after=settings.retry_after) from None
+    age = request.app[QUOTES].cache_age
+    return web.json_response({"status": "ready", "cached_quote_age_s": age})
+
+
+async def sidecar_client(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: the sidecar client session."""
+    settings = app[SETTINGS]
+    client = SidecarClient(
+        settings.sidecar_socket, timeout=settings.quote_timeout, retry_after=settings.retry_after
+    )
+    await client.start()
+    app[SIDECAR] = client
+    provider = QuoteProvider(
+        client,
+        app[INFO].digest,
+        refresh_interval=settings.cache_refresh_interval,
+        max_age=settings.cache_max_age,
+        retry_after=settings.retry_after,
+        max_pending=settings.max_pending_quotes,
+        max_batch=settings.max_batch,
+        batch_wait=settings.batch_wait,
+        metrics=app[METRICS],
+    )
+    app[QUOTES] = provider
+    app[METRICS].watch_cache_age(lambda: provider.cache_age)
+    yield
+    await provider.close()
+    await client.close()
+
+
+async def quote_refresher(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: the background task that keeps the cached quote fresh."""
+    task = asyncio.create_task(app[QUOTES].run_refresher(), name="quote-refresher")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def create_app(settings: ServiceSettings, *, app_version: str | None = None) -> web.Application:
+    """The public API. `/info` bytes are fixed here, once, for the life of the app."""
+    metrics = ServiceMetrics()
+    app = web.Application(
+        client_max_size=1024,
+        middlewares=[
+            request_middleware("service", observe=metrics.observe_request, refuse_get_bodies=True)
+        ],
+    )
+    app[SETTINGS] = settings
+    app[METRICS] = metrics
+    app[INFO] = build_info_document(
+        settings.build_info, app_version or package_version(DISTRIBUTION)
+    )
+    app.cleanup_ctx.append(sidecar_client)
+    app.cleanup_ctx.append(quote_refresher)
+    if settings.metrics_port:
+        scraper = ServiceScraper(metrics, settings.sidecar_socket, settings.ready_timeout)
+        app.cleanup_ctx.append(
+            metrics_listener(settings.metrics_host, settings.metrics_port, scraper)
+        )
+    app.router.add_get("/info", get_info)
+    app.router.add_get("/attestation", get_attestation)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/openapi.json", get_openapi)
+    app[OPENAPI] = resources.files("oauth3.service").joinpath("openapi.json").read_bytes()
+    return app

@@ -1,0 +1,180 @@
+"""The service's Prometheus figures, and the scraper that appends the sidecar's (fetched over its
+socket, since the sidecar has no network) to them."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+import structlog
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.parser import text_string_to_metric_families
+
+from oauth3.runtime.metrics import AGENT_BUCKETS, REQUEST_BUCKETS, SIDECAR_PREFIX, RequestFigures
+
+MAX_SIDECAR_METRICS_BYTES = 1 << 20
+QUOTE_OUTCOMES = ("cached", "fresh", "coalesced", "refreshed", "batched", "rejected")
+BATCH_BUCKETS = tuple(float(2**n) for n in range(13))
+
+log = structlog.get_logger("metrics")
+
+
+class ServiceMetrics(RequestFigures):
+    """The service's figures, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        super().__init__("oauth3_", self.registry)
+        ProcessCollector(registry=self.registry)
+        self.quotes = Counter(
+            "oauth3_quotes",
+            "Quotes served by outcome: cached, fresh, coalesced, refreshed or rejected",
+            ["outcome"],
+            registry=self.registry,
+        )
+        for outcome in QUOTE_OUTCOMES:
+            self.quotes.labels(outcome)
+        self.agent_seconds = Histogram(
+            "oauth3_agent_call_seconds",
+            "Time the agent took for one quote, as measured by the sidecar",
+            buckets=AGENT_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_seconds = Histogram(
+            "oauth3_quote_queue_seconds",
+            "Time one quote request waited in the sidecar's queue",
+            buckets=REQUEST_BUCKETS,
+            registry=self.registry,
+        )
+        self.sidecar_call_seconds = Histogram(
+            "oauth3_sidecar_call_seconds",
+            "Round trip of one GetQuote through the sidecar, as measured by the service",
+            buckets=AGENT_BUCKETS,
+            registry=self.registry,
+        )
+        self.cache_age = Gauge(
+            "oauth3_cached_quote_age_seconds",
+            "Age of the cached nonce-less quote (+Inf while there is none)",
+            registry=self.registry,
+        )
+        self.cache_age.set(math.inf)
+        self.batch_size = Histogram(
+            "oauth3_quote_batch_size",
+            "Distinct nonces in one oauth3/v2 quote",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.cache_refreshes = Counter(
+            "oauth3_cache_refreshes",
+            "Background refreshes of the cached quote, by result (ok, error)",
+            ["result"],
+            registry=self.registry,
+        )
+        for result in ("ok", "error"):
+            self.cache_refreshes.labels(result)
+        self.nonce_rejections = Counter(
+            "oauth3_nonce_rejections",
+            "Requests refused because of their nonce (malformed, all-zero or repeated)",
+            registry=self.registry,
+        )
+        self.sidecar_metrics_up = Gauge(
+            "oauth3_sidecar_metrics_up",
+            "1 when the sidecar's metrics were fetched for this scrape, else 0",
+            registry=self.registry,
+        )
+
+    def watch_cache_age(self, age: Callable[[], float | None]) -> None:
+        """Compute the cache-age gauge at scrape time from `age` (None: no cached quote)."""
+
+        def current() -> float:
+            value = age()
+            return math.inf if value is None else value
+
+        self.cache_age.set_function(current)
+
+    def observe_agent_call(
+        self, round_trip_s: float, agent_ms: float | None, queue_ms: float | None
+    ) -> None:
+        """Record one successful GetQuote: our round trip and the sidecar's own timings."""
+        self.sidecar_call_seconds.observe(round_trip_s)
+        if agent_ms is not None:
+            self.agent_seconds.observe(agent_ms / 1000)
+        if queue_ms is not None:
+            self.queue_seconds.observe(queue_ms / 1000)
+
+
+def checked_sidecar_text(body: bytes) -> bytes | None:
+    """The sidecar's exposition if it parses and every family is oauth3_sidecar_*, else None."""
+    if len(body) > MAX_SIDECAR_METRICS_BYTES:
+        return None
+    try:
+        text = body.decode("utf-8")
+        names = [family.name for family in text_string_to_metric_families(text)]
+    except (UnicodeDecodeError, ValueError, TypeError, IndexError):
+        return None
+    if not all(name.startswith(SIDECAR_PREFIX) for name in names):
+        return None
+    return body if body.endswith(b"\n") or not body else body + b"\n"
+
+
+async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, or its first `limit` bytes when longer (read(n) may return less)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(1 << 16):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            break
+    return b"".join(chunks)[:limit]
+
+
+class ServiceScraper:
+    """Renders the service's figures followed by the sidecar's, fetched over its socket."""
+
+    def __init__(self, metrics: ServiceMetrics, sidecar_socket: Path, timeout: float) -> None:
+        self._metrics = metrics
+        self._socket = sidecar_socket
+        self._timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        """Open the session to the sidecar (connected lazily, at the first scrape)."""
+        connector = aiohttp.UnixConnector(path=str(self._socket), force_close=True)
+        self._session = aiohttp.ClientSession(connector=connector)
+
+    async def close(self) -> None:
+        """Close the session."""
+        if self._session is not None:
+            await self._session.close()
+
+    async def _sidecar_text(self) -> bytes | None:
+        assert self._session is not None, "ServiceScraper.start() was not awaited"
+        try:
+            async with asyncio.timeout(self._timeout):
+                async with self._session.get("http://sidecar/metrics") as response:
+                    body = await _read_capped(response, MAX_SIDECAR_METRICS_BYTES + 1)
+                    status = response.status
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            log.warning("sidecar_metrics_unavailable", detail=str(exc) or type(exc).__name__)
+            return None
+        text = checked_sidecar_text(body) if status == 200 else None
+        if text is None:
+            log.warning("sidecar_metrics_refused", status=status)
+        return text
+
+    async def render(self) -> bytes:
+        """The whole exposition; a failed sidecar fetch only sets oauth3_sidecar_metrics_up 0."""
+        sidecar = await self._sidecar_text()
+        self._metrics.sidecar_metrics_up.set(0 if sidecar is None else 1)
+        return generate_latest(self._metrics.registry) + (sidecar or b"")

@@ -1,0 +1,37 @@
+"""Command-line plumbing of the client tools (oauth3-verify, -inspect, -phala): one-line errors.
+
+The servers keep their own copy in oauth3.runtime.cli: the verifier installs without the runtime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import NoReturn
+
+USAGE_ERROR = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are a single line on stderr and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print `prog: error: message` (no usage block) and exit 2."""
+        fail(f"{self.prog}: error: {message}")
+
+
+def fail(message: str, code: int = USAGE_ERROR) -> NoReturn:
+    """Print one line on stderr and exit with `code`."""
+    sys.stderr.write(message.rstrip("\n") + "\n")
+    raise SystemExit(code)
+
+
+def read_input(path: str) -> bytes:
+    """Read a file's bytes, or stdin's for `-`; an unreadable file is a one-line exit 2."""
+    try:
+        if path == "-":
+            return sys.stdin.buffer.read()
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror or exc}")
