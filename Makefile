@@ -44,8 +44,15 @@ e2e: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-up:
-	cd deploy && OAUTH3_GIT_COMMIT=$$(git rev-parse HEAD) docker-compose up --build
+# the reproducible role images of HEAD (buildah, as root); BASE_IMAGE=NAME@sha256:… for a
+# release, IMAGES_ARGS=--local-base for a Debian base made here
+images: $(STAMP)
+	bash deploy/images.sh $(IMAGES_ARGS)
+
+up: $(STAMP)
+	$(BIN)/python deploy/context.py build/context
+	cd deploy && OAUTH3_GIT_COMMIT=$$(git rev-parse HEAD) DOCKER_BUILDKIT=1 \
+		COMPOSE_DOCKER_CLI_BUILD=1 docker-compose up --build
 
 down:
 	cd deploy && docker-compose down -v
