@@ -1,19 +1,17 @@
 #!/usr/bin/env bash
-# CI e2e stage (as root): a private dockerd, a debootstrapped base image, the three role images
-# built offline from a host wheelhouse, `make e2e`, then compose down and the daemon stopped by pid.
-# The base image and the daemon's data survive between runs on the same machine in $OAUTH3_E2E_CACHE.
+# CI e2e stage (as root): the three role images built reproducibly with buildah, twice, and
+# compared (deploy/images.sh); a private dockerd that loads them; `make e2e` (the compose stack,
+# and each image's contents); then compose down and the daemon stopped by pid. The base rootfs,
+# the downloaded wheels and the daemon's data survive between runs in $OAUTH3_E2E_CACHE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 started=$(date +%s)
 cache=${OAUTH3_E2E_CACHE:-/var/cache/oauth3-e2e}
 project=${OAUTH3_E2E_PROJECT:-oauth3e2e}
-base_image=oauth3-base:bookworm
-base_tar=$cache/bookworm-minbase.tar
 state=$(mktemp -d /tmp/o3e2e.XXXXXX) # short: the daemon's sockets live here
 compose=(docker-compose -p "$project" -f deploy/docker-compose.yml -f deploy/docker-compose.ci.yml)
 export DOCKER_HOST="unix://$state/docker.sock"
-export DOCKER_BUILDKIT=0 # the classic builder needs no buildx plugin and no registry
 dockerd_pid=""
 
 log() { echo "== e2e: $*"; }
@@ -49,9 +47,16 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-log "installing docker.io, docker-compose, debootstrap"
+log "installing docker.io, docker-compose, debootstrap, buildah"
 apt-get update -qq
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io docker-compose debootstrap >/dev/null
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io docker-compose debootstrap buildah \
+    >/dev/null
+
+make venv >/dev/null
+commit=$(git rev-parse HEAD)
+log "building the role images of $commit twice and comparing them"
+OAUTH3_BUILD=$state/build OAUTH3_CACHE=$cache bash deploy/images.sh --local-base --twice \
+    --export "$state/images"
 
 log "starting dockerd (data in $cache/docker)"
 mkdir -p "$cache"
@@ -65,44 +70,15 @@ for _ in $(seq 1 120); do
     sleep 0.5
 done
 docker info >/dev/null
-
-if ! docker image inspect "$base_image" >/dev/null 2>&1; then
-    if [ ! -s "$base_tar" ]; then
-        log "debootstrapping a bookworm minbase with python3 (about a minute)"
-        rootfs=$state/rootfs
-        debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
-            bookworm "$rootfs" >"$state/debootstrap.log" 2>&1 ||
-            { tail -n 20 "$state/debootstrap.log" >&2; exit 1; }
-        rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
-        tar -C "$rootfs" -c . >"$base_tar.part"
-        mv "$base_tar.part" "$base_tar"
-        rm -rf "$rootfs"
-    fi
-    log "importing $base_tar as $base_image"
-    docker import "$base_tar" "$base_image" >/dev/null
-fi
-
-log "building the wheelhouse on the host"
-make venv >/dev/null
-.venv/bin/python -m pip wheel --quiet --disable-pip-version-check \
-    -w "$state/wheelhouse" -c constraints.txt . >"$state/wheel.log" 2>&1 ||
-    { tail -n 20 "$state/wheel.log" >&2; exit 1; }
-
-commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 for role in simulator sidecar service; do
-    log "building oauth3-$role:local offline (base $base_image, commit $commit)"
-    tar --exclude=__pycache__ -c deploy/Dockerfile deploy/phala-app.yaml pyproject.toml README.md \
-        constraints.txt oauth3 -C "$state" wheelhouse |
-        docker build --force-rm -f deploy/Dockerfile --target "$role" \
-            --build-arg BASE_IMAGE="$base_image" --build-arg WHEELHOUSE=wheelhouse \
-            --build-arg GIT_COMMIT="$commit" -t "oauth3-$role:local" - >"$state/build.log" 2>&1 ||
-        { tail -n 30 "$state/build.log" >&2; exit 1; }
+    log "loading oauth3-$role:local"
+    docker load --quiet --input "$state/images/oauth3-$role.tar" >/dev/null
 done
 
 "${compose[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
 log "make e2e"
 set +e
-OAUTH3_E2E_PROJECT=$project OAUTH3_E2E_GIT_COMMIT=$commit make e2e
+OAUTH3_E2E_PROJECT=$project OAUTH3_E2E_GIT_COMMIT=$commit OAUTH3_E2E_IMAGES=$state/images make e2e
 status=$?
 set -e
 if [ "$status" -eq 5 ]; then

@@ -41,6 +41,7 @@ export TMPDIR=$build/tmp
 printf '[network]\nnetwork_config_dir = "%s"\n' "$build/net" >"$build/containers.conf"
 export CONTAINERS_CONF=$build/containers.conf
 bh() { buildah --root "$build/storage" --runroot "$build/run" --storage-driver vfs "$@"; }
+has_image() { bh inspect --type image --format '{{.FromImageID}}' "$1" >/dev/null 2>&1; }
 log() { echo "== images: $*" >&2; }
 
 need=()
@@ -54,7 +55,7 @@ fi
 
 # --- the base, pinned by digest -------------------------------------------------------------
 if [ "$local_base" -eq 1 ]; then
-    if ! bh image exists "$base_name"; then
+    if ! has_image "$base_name"; then
         rootfs_tar=$cache/bookworm-base.tar
         if [ ! -s "$rootfs_tar" ]; then
             log "debootstrapping a Debian bookworm base with python3 (about a minute)"
@@ -74,14 +75,14 @@ if [ "$local_base" -eq 1 ]; then
             --env LANG=C.UTF-8 --cmd /bin/bash "$c"
         bh commit --quiet --timestamp 0 --rm "$c" "$base_name" >/dev/null
     fi
-    BASE_IMAGE=$base_name@$(bh images --digests --format '{{.Digest}}' "$base_name")
+    BASE_IMAGE=${base_name%:*}@$(bh images --digests --format '{{.Digest}}' "$base_name")
 fi
 : "${BASE_IMAGE:?set BASE_IMAGE=NAME@sha256:<digest> (or pass --local-base for development)}"
 if ! [[ $BASE_IMAGE =~ ^[^@[:space:]]+@sha256:[0-9a-f]{64}$ ]]; then
     echo "images.sh: BASE_IMAGE=$BASE_IMAGE is not pinned by digest (NAME@sha256:<64 hex>)" >&2
     exit 2
 fi
-bh image exists "$BASE_IMAGE" || bh pull --quiet "$BASE_IMAGE" >/dev/null
+has_image "$BASE_IMAGE" || bh pull --quiet "$BASE_IMAGE" >/dev/null
 
 # --- build ------------------------------------------------------------------------------------
 context() { # a fresh context for the commit
@@ -115,7 +116,7 @@ if [ "$twice" -eq 1 ]; then
     find "$build/context-again" -exec touch {} + # another mtime changes nothing
     for role in "${roles[@]}"; do
         again=$(build_role "$role" "$build/context-again" "oauth3-$role:again")
-        bh rmi --quiet "oauth3-$role:again" >/dev/null
+        bh rmi "oauth3-$role:again" >/dev/null
         if [ "$again" != "${ids[$role]}" ]; then
             echo "images.sh: oauth3-$role is NOT reproducible: ${ids[$role]} then $again" >&2
             exit 1
