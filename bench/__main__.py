@@ -34,6 +34,7 @@ from .profile import py_spy, start_recording, summarise
 from .report import (
     B3,
     B4,
+    B7,
     Comparison,
     LineCount,
     Memory,
@@ -42,17 +43,19 @@ from .report import (
     machine_facts,
     render,
 )
-from .wrk import LoadStats, ensure_wrk, run_wrk, wrk_version
+from .wrk import LoadStats, ensure_wrk, nonce_requests, run_wrk, wrk_version
 
 REPO = Path(__file__).resolve().parent.parent
+SOURCE_FOLDERS = ("attestation", "runtime", "sidecar", "service", "verifier", "simulator")
 HOST = "127.0.0.1"
 QUOTE_LATENCY_MS = 39
 CONNECTIONS = 32
 NONCE_CONCURRENCY = 8
 OVERLOAD_CONCURRENCY = 128
+BATCH_CONCURRENCY = 256
 CLIENT_TIMEOUT_S = 10
 START_TIMEOUT_S = 30
-PARTS = ("B1", "B2", "B3", "B4")
+PARTS = ("B1", "B2", "B3", "B4", "B7")
 TRACE_SEGMENTS = (
     "client to service and back (TCP, HTTP parsing, outside the service's handler)",
     "service around its sidecar call (unix hop both ways, quote checks, body)",
@@ -301,6 +304,59 @@ async def bench_nonce_path(base: str, agent_socket: Path, digest: bytes, plan: P
     return result
 
 
+def bench_batched(
+    driver: Driver, base: str, agent_socket: Path, digest: bytes, metrics_url: str
+) -> B7:
+    """B7: the agent's quote rate, then fresh attestations at BATCH_CONCURRENCY one quote per
+    client (v1) and batched (oauth3/v2), interleaved; needs wrk (random nonces per request)."""
+    plan = driver.plan
+    result = B7(quote_ms=QUOTE_LATENCY_MS, concurrency=BATCH_CONCURRENCY)
+
+    async def agent_rate() -> Samples:
+        async with await _agent_session(agent_socket) as agent:
+            return await closed_loop(
+                lambda: _direct_quote(agent, digest),
+                concurrency=NONCE_CONCURRENCY,
+                duration=plan.run_seconds,
+            )
+
+    if driver.wrk is None:
+        return result
+    url = f"{base}/attestation"
+    scripts = {"v1": nonce_requests("/attestation", None)}
+    scripts["v2"] = nonce_requests("/attestation", "oauth3/v2")
+
+    def load(layout: str, seconds: int) -> LoadStats:
+        return run_wrk(
+            driver.wrk or "wrk",
+            url,
+            connections=BATCH_CONCURRENCY,
+            seconds=seconds,
+            timeout_s=CLIENT_TIMEOUT_S,
+            script=scripts[layout],
+        )
+
+    load("v2", plan.warmup_seconds)
+    for round_no in range(plan.runs):
+        result.agent.append(asyncio.run(agent_rate()))
+        result.v1.append(load("v1", plan.run_seconds))
+        time.sleep(1)  # let the v1 queue drain
+        counts = scrape(metrics_url)
+        result.v2.append(load("v2", plan.run_seconds))
+        after = scrape(metrics_url)
+        result.batches += after["oauth3_quote_batch_size_count"] - counts.get(
+            "oauth3_quote_batch_size_count", 0
+        )
+        result.batched += after["oauth3_quote_batch_size_sum"] - counts.get(
+            "oauth3_quote_batch_size_sum", 0
+        )
+        step(
+            f"B7 round {round_no + 1}/{plan.runs}: agent {result.agent[-1].rate(200):.1f}/s, "
+            f"v1 {result.ok_rate(result.v1[-1]):,.0f}/s, v2 {result.ok_rate(result.v2[-1]):,.0f}/s"
+        )
+    return result
+
+
 def bench_verifier(base: str, dcap: Path, run_dir: Path, env: dict[str, str], plan: Plan) -> B4:
     """B4: `oauth3-verify --bundle` in-process (repeated) and as a process, plus bare start-up."""
     from oauth3.verifier.cli import run  # noqa: PLC0415 - only B4 needs the verifier
@@ -369,6 +425,8 @@ def scrape(url: str) -> dict[str, float]:
         "oauth3_sidecar_agent_errors_total",
         "oauth3_nonce_rejections_total",
         "oauth3_sidecar_metrics_up",
+        "oauth3_quote_batch_size_count",
+        "oauth3_quote_batch_size_sum",
     )
     figures: dict[str, float] = {}
     for family in text_string_to_metric_families(fetch(url).decode()):
@@ -409,8 +467,8 @@ def git_commit() -> str:
             text=True,
             check=True,
         ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "diff", "--quiet", "HEAD", "--", "oauth3", "bench"],  # noqa: S607
+        dirty = subprocess.run(  # noqa: S603 - git with our own folder names
+            ["git", "diff", "--quiet", "HEAD", "--", *SOURCE_FOLDERS, "bench"],  # noqa: S607
             cwd=REPO,
             check=False,
         ).returncode
@@ -461,6 +519,11 @@ def run_all(results: Results, driver: Driver, run_dir: Path, parts: set[str]) ->
         if "B4" in parts:
             step("B4 oauth3-verify --bundle")
             results.b4 = bench_verifier(base, paths.dcap_dir, run_dir, env, plan)
+        if "B7" in parts:
+            step("B7 fresh attestations, v1 and batched")
+            digest = hashlib.sha256(info).digest()
+            metrics_url = f"http://{HOST}:{metrics_port}/metrics"
+            results.b7 = bench_batched(driver, base, paths.agent_socket, digest, metrics_url)
         answered = answered_by_route(f"http://{HOST}:{metrics_port}/metrics")
     finally:
         stop_all(children)  # SIGTERM: the service writes its buffered lines before it exits
@@ -577,8 +640,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ),
         epilog=(
             "B1 GET /info throughput, B2 cached GET /attestation throughput, B3 the nonce "
-            "path (added latency, throughput, overload), B4 oauth3-verify --bundle; B5 "
-            "(memory) is read after whatever ran. Loads go to 127.0.0.1 only. wrk is used "
+            "path (added latency, throughput, overload), B4 oauth3-verify --bundle, B7 fresh "
+            "attestations batched (oauth3/v2) against one quote per client; B5 "
+            "(memory) is read after B1-B3. Loads go to 127.0.0.1 only. wrk is used "
             "when installed (installed with apt-get when running as root), else an aiohttp "
             "client."
         ),
@@ -653,6 +717,7 @@ def main(argv: list[str] | None = None) -> None:
         "B3 throughput concurrency": NONCE_CONCURRENCY,
         "B3 overload concurrency": f"{OVERLOAD_CONCURRENCY} (sidecar queue bound 16 + 1 quoting)",
         "B4 in-process repeats": plan.verify_repeats,
+        "B7 concurrency": f"{BATCH_CONCURRENCY} (wrk, a fresh random nonce per request)",
     }
     results.wall_seconds = time.monotonic() - began
     report = render(results)

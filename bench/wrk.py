@@ -23,6 +23,23 @@ end
 """
 
 
+def nonce_requests(path: str, layout: str | None) -> str:
+    """A wrk Lua `request` function: GET path?nonce=<fresh random 64 hex>[&layout=…] each time."""
+    suffix = f'.. "&layout={layout}"' if layout else ""
+    return f"""
+local hex = "0123456789abcdef"
+math.randomseed(os.time() + math.floor(os.clock() * 1000000))
+request = function()
+  local digits = {{}}
+  for i = 1, 64 do
+    local n = math.random(16)
+    digits[i] = hex:sub(n, n)
+  end
+  return wrk.format("GET", "{path}?nonce=" .. table.concat(digits) {suffix})
+end
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class LoadStats:
     """One load run: requests per second, latency percentiles and every kind of failure."""
@@ -79,11 +96,19 @@ def wrk_version(wrk: str) -> str:
 
 
 def run_wrk(
-    wrk: str, url: str, *, connections: int, seconds: int, threads: int = 1, timeout_s: int = 10
+    wrk: str,
+    url: str,
+    *,
+    connections: int,
+    seconds: int,
+    threads: int = 1,
+    timeout_s: int = 10,
+    script: str = "",
 ) -> LoadStats:
-    """Run wrk against `url` for `seconds` with a fixed connection count; parse its JSON line."""
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(REPORTER)
+    """Run wrk against `url` for `seconds` with a fixed connection count (and `script`, Lua run
+    before the reporter, e.g. `nonce_requests`); parse its JSON line."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
+        lua.write(script + REPORTER)
     try:
         done = subprocess.run(  # noqa: S603
             [
@@ -93,7 +118,7 @@ def run_wrk(
                 f"-d{seconds}s",
                 f"--timeout={timeout_s}s",
                 "-s",
-                script.name,
+                lua.name,
                 url,
             ],
             capture_output=True,
@@ -102,7 +127,7 @@ def run_wrk(
             timeout=seconds + timeout_s + 30,
         )
     finally:
-        Path(script.name).unlink(missing_ok=True)
+        Path(lua.name).unlink(missing_ok=True)
     line = next(x for x in done.stdout.splitlines() if x.startswith("BENCH "))
     doc = orjson.loads(line.removeprefix("BENCH "))
     return LoadStats(
