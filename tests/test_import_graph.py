@@ -6,6 +6,8 @@ imports the service or the sidecar. Checked over every module; the checker is te
 from __future__ import annotations
 
 import ast
+import re
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -84,3 +86,26 @@ def test_the_checker_catches_a_forbidden_import(
     found = violations(tmp_path, ALLOWED_IMPORTS)
     assert len(found) == 1, found
     assert found[0].endswith(f"imports {forbidden}")
+
+
+def declared_dependencies(repo: Path, dist: str) -> set[str]:
+    """The oauth3 distributions a distribution's pyproject.toml depends on (`oauth3-X` -> X)."""
+    document = tomllib.loads((repo / dist / "pyproject.toml").read_text())
+    names = {
+        re.split(r"[=<>!~ ;\[]", d, maxsplit=1)[0] for d in document["project"]["dependencies"]
+    }
+    return {n.removeprefix("oauth3-") for n in names if n.startswith("oauth3-")}
+
+
+def test_packaging_declares_exactly_the_allowed_edges() -> None:
+    # what an image or `pip install ./attestation ./verifier` pulls in follows these lines
+    for dist, allowed in ALLOWED_IMPORTS.items():
+        declared = declared_dependencies(REPO, dist)
+        assert declared <= allowed, (dist, declared - allowed)
+        used = {
+            imported
+            for module in (REPO / dist / "src" / "oauth3" / dist).rglob("*.py")
+            for imported in oauth3_imports(module) - {dist}
+        }
+        assert used <= declared, (dist, "imports what it does not declare", used - declared)
+    assert declared_dependencies(REPO, "verifier") == {"attestation"}
