@@ -299,3 +299,14 @@ def test_missing_files_are_one_line_errors(tmp_path: Path) -> None:
     bad = run("check", str(MANIFEST), str(not_json))
     assert bad.returncode == 2
     assert b"not JSON" in bad.stderr
+
+
+def test_check_prints_deployed_strings_inert(tmp_path: Path) -> None:
+    path, _ = _deployed(tmp_path, pre_launch_script="\u009b2J\u202e echo ok", name="x\u2028y")
+    result = run("check", str(MANIFEST), str(path))
+    assert result.returncode == 1
+    out = result.stdout.decode()
+    assert "\u009b" not in out
+    assert "\u202e" not in out
+    assert "\u2028" not in out
+    assert "\\x9b2J" in out

@@ -5,8 +5,6 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import orjson
-
 from oauth3.attestation import (
     AttestationError,
     EventLogError,
@@ -20,6 +18,7 @@ from oauth3.attestation import (
 from oauth3.attestation.rtmr3 import read_boot_record
 
 from .commandline import OneLineParser, fail, read_input
+from .output import json_text
 
 
 def _hex_or_none(value: bytes | None) -> str | None:
@@ -110,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         result = describe(load_evidence(data), event_log_text)
     except AttestationError as exc:
         fail(f"oauth3-inspect: {exc}")
-    sys.stdout.buffer.write(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+    sys.stdout.write(json_text(result) + "\n")
 
 
 if __name__ == "__main__":

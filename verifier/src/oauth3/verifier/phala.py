@@ -22,6 +22,7 @@ import yaml
 
 from oauth3.attestation import app_id_without_kms, compose_hash
 from oauth3.verifier.commandline import OneLineParser, fail
+from oauth3.verifier.output import printable
 
 PROG = "oauth3-phala"
 PLACEHOLDER = re.compile(r"\{\{\s*([a-z][a-z0-9_]*)_image\s*\}\}")
@@ -289,7 +290,7 @@ def _deployed_app_compose(raw: bytes) -> bytes:
 def _shown(document: Mapping[str, Any], field: str) -> str:
     if field not in document:
         return "absent"
-    text = orjson.dumps(document[field]).decode()
+    text = printable(orjson.dumps(document[field]).decode())
     return text if len(text) <= 60 else text[:57] + "..."
 
 
