@@ -12,12 +12,13 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from oauth3.simulator.devstack import Child, StackPaths, start_stack, stop_all
 from tests.fakes import short_socket_dir
@@ -61,6 +62,38 @@ class RunningStack:
         )
 
 
+def policy(stack: RunningStack) -> list[str]:
+    """The policy make run wrote for a stack: its compose hash, platform and mock root."""
+    return ["--policy", str(stack.paths.policy)]
+
+
+def root(stack: RunningStack) -> list[str]:
+    """Only the stack's mock root: nothing pins the app or the platform."""
+    return ["--root-ca", str(stack.paths.dcap_dir / "root-ca.der")]
+
+
+def collateral(stack: RunningStack) -> list[str]:
+    """The collateral the stack's simulator wrote (no PCCS needed)."""
+    return ["--collateral", str(stack.paths.dcap_dir / "collateral.json")]
+
+
+@asynccontextmanager
+async def serving(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> AsyncIterator[str]:
+    """Serve every GET with `handler` on 127.0.0.1 (a man in the middle, a hostile server)."""
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
 def observed_pins(stack: RunningStack) -> list[str]:
     """The stack's own mock root, compose hash and platform registers as oauth3-verify flags:
     what a relying party would pin for it. make run writes no policy for a stack its own check
@@ -68,8 +101,7 @@ def observed_pins(stack: RunningStack) -> list[str]:
     with urllib.request.urlopen(f"{stack.base_url}/attestation", timeout=10) as response:
         quote = base64.b64decode(json.loads(response.read())["quote"])
     compose = hashlib.sha256(stack.paths.app_compose.read_bytes()).hexdigest()
-    root = ["--root-ca", str(stack.paths.dcap_dir / "root-ca.der")]
-    return [*root, *pins_for(quote, compose)]
+    return [*root(stack), *pins_for(quote, compose)]
 
 
 @contextmanager

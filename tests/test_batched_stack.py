@@ -19,7 +19,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from oauth3.verifier.cli import run
-from tests.stack import RunningStack, free_port, running_stack
+from tests.stack import RunningStack, collateral, free_port, policy, running_stack, serving
 from tests.verifycli import step, verify
 
 CLIENTS = 200
@@ -37,14 +37,7 @@ def stack() -> Iterator[RunningStack]:
 
 
 def args_for(stack: RunningStack) -> list[str]:
-    return [
-        stack.base_url,
-        "--allow-simulated",
-        "--policy",
-        str(stack.paths.policy),
-        "--collateral",
-        str(stack.paths.dcap_dir / "collateral.json"),
-    ]
+    return [stack.base_url, "--allow-simulated", *policy(stack), *collateral(stack)]
 
 
 async def counters(stack: RunningStack) -> dict[str, float]:
@@ -121,16 +114,8 @@ async def editing(stack: RunningStack, edit: Any) -> AsyncIterator[str]:
         edit(doc)
         return web.Response(body=orjson.dumps(doc), content_type="application/json")
 
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", forward)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serving(forward) as url:
+        yield url
 
 
 def _untouched(doc: dict[str, Any]) -> None:

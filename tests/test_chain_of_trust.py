@@ -13,8 +13,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -25,7 +24,16 @@ from aiohttp import web
 
 from oauth3.attestation.dstack_os import release_for
 from oauth3.verifier.phala import render
-from tests.stack import MANIFEST, RunningStack, free_port, observed_pins, running_stack
+from tests.stack import (
+    MANIFEST,
+    RunningStack,
+    collateral,
+    observed_pins,
+    policy,
+    root,
+    running_stack,
+    serving,
+)
 from tests.verifycli import step, verify, verify_text
 
 SIMULATED = ["--allow-simulated"]
@@ -36,19 +44,6 @@ ANOTHER_APP = hashlib.sha256(b"the app the operator claims to run").hexdigest()
 def honest() -> Iterator[RunningStack]:
     with running_stack() as started:
         yield started
-
-
-def policy(stack: RunningStack) -> list[str]:
-    """The policy make run wrote for a stack: its compose hash, platform and mock root."""
-    return ["--policy", str(stack.paths.policy)]
-
-
-def collateral(stack: RunningStack) -> list[str]:
-    return ["--collateral", str(stack.paths.dcap_dir / "collateral.json")]
-
-
-def root(stack: RunningStack) -> list[str]:
-    return ["--root-ca", str(stack.paths.dcap_dir / "root-ca.der")]
 
 
 def compose_hash() -> str:
@@ -347,21 +342,6 @@ async def test_the_pccs_serves_what_the_js_client_asks_for(honest: RunningStack)
             async with session.get(url) as response:
                 assert response.status == 200
                 assert response.headers["SGX-PCK-CRL-Issuer-Chain"]
-
-
-@asynccontextmanager
-async def serving(handler: web.Handler) -> AsyncIterator[str]:
-    """Serve every GET with `handler` on 127.0.0.1."""
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
 
 
 def test_a_real_intel_quote_with_retyped_events_fails_event_log(

@@ -15,7 +15,16 @@ import pytest
 from aiohttp import web
 
 from oauth3.verifier.phala import render
-from tests.stack import MANIFEST, RunningStack, free_port, observed_pins, running_stack
+from tests.stack import (
+    MANIFEST,
+    RunningStack,
+    collateral,
+    observed_pins,
+    policy,
+    root,
+    running_stack,
+    serving,
+)
 from tests.verifycli import step, verify
 
 SIMULATED = ["--allow-simulated"]
@@ -32,23 +41,9 @@ def rendered_compose_hash() -> str:
     return render(MANIFEST.read_bytes()).compose_hash.hex()
 
 
-def mock_root(stack: RunningStack) -> list[str]:
-    """The policy make run writes: mock root, compose hash and platform of this stack."""
-    return ["--policy", str(stack.paths.policy)]
-
-
-def root_only(stack: RunningStack) -> list[str]:
-    """Only the mock root: nothing pins the app or the platform."""
-    return ["--root-ca", str(stack.paths.dcap_dir / "root-ca.der")]
-
-
-def collateral(stack: RunningStack) -> list[str]:
-    return ["--collateral", str(stack.paths.dcap_dir / "collateral.json")]
-
-
 async def test_full_check_with_mock_root_over_the_simulators_pccs(stack: RunningStack) -> None:
     code, report = await verify(
-        [stack.base_url, *SIMULATED, *mock_root(stack), "--pccs", stack.pccs_url]
+        [stack.base_url, *SIMULATED, *policy(stack), "--pccs", stack.pccs_url]
     )
     assert code == 0, report
     assert report["verdict"] == "SIMULATED"
@@ -60,7 +55,7 @@ async def test_full_check_with_mock_root_over_the_simulators_pccs(stack: Running
 def test_console_script_as_a_user_runs_it(stack: RunningStack) -> None:
     argv = [sys.executable, "-m", "oauth3.verifier.cli", stack.base_url]
     allowed = subprocess.run(
-        [*argv, *SIMULATED, *mock_root(stack), *collateral(stack)], capture_output=True, check=False
+        [*argv, *SIMULATED, *policy(stack), *collateral(stack)], capture_output=True, check=False
     )
     assert allowed.returncode == 0, allowed.stderr
     assert b"SIMULATED" in allowed.stdout
@@ -76,13 +71,13 @@ async def test_without_mock_root_hardware_fails(stack: RunningStack) -> None:
 
 
 async def test_expected_compose_hash(stack: RunningStack) -> None:
-    unpinned = [stack.base_url, *SIMULATED, *root_only(stack), *collateral(stack)]
+    unpinned = [stack.base_url, *SIMULATED, *root(stack), *collateral(stack)]
     code, report = await verify(unpinned)
     assert (code, report["verdict"]) == (3, "UNPINNED")
     code, report = await verify([*unpinned, "--expect-compose-hash", "ab" * 32])
     assert code == 16
     assert not step(report, "compose")["ok"]
-    pinned = [stack.base_url, *SIMULATED, *mock_root(stack), *collateral(stack)]
+    pinned = [stack.base_url, *SIMULATED, *policy(stack), *collateral(stack)]
     assert (await verify(pinned))[0] == 0
     code, report = await verify([*pinned, "--expect-compose-hash", rendered_compose_hash()])
     assert code == 2
@@ -108,29 +103,21 @@ async def proxy(
             body = remembered.setdefault("attestation", body)
         return web.Response(body=body, status=response.status, content_type="application/json")
 
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", forward)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serving(forward) as url:
+        yield url
 
 
 async def test_tampered_info_fails_binding(stack: RunningStack) -> None:
     async with proxy(stack.base_url, tamper_info=True) as url:
-        code, report = await verify([url, *SIMULATED, *mock_root(stack), *collateral(stack)])
+        code, report = await verify([url, *SIMULATED, *policy(stack), *collateral(stack)])
     assert code == 13
     assert not step(report, "info_binding")["ok"]
 
 
 async def test_replayed_response_fails_nonce(stack: RunningStack) -> None:
     async with proxy(stack.base_url, replay=True) as url:
-        first = await verify([url, *SIMULATED, *mock_root(stack), *collateral(stack)])
-        second = await verify([url, *SIMULATED, *mock_root(stack), *collateral(stack)])
+        first = await verify([url, *SIMULATED, *policy(stack), *collateral(stack)])
+        second = await verify([url, *SIMULATED, *policy(stack), *collateral(stack)])
     assert first[0] == 0
     assert second[0] == 14
     assert not step(second[1], "nonce")["ok"]
@@ -140,7 +127,7 @@ async def test_saved_bundle_with_a_flipped_byte_fails_hardware(
     stack: RunningStack, tmp_path: Path
 ) -> None:
     saved = tmp_path / "bundle.json"
-    args = [*SIMULATED, *mock_root(stack), *collateral(stack)]
+    args = [*SIMULATED, *policy(stack), *collateral(stack)]
     assert (await verify([stack.base_url, *args, "--save-bundle", str(saved)]))[0] == 0
     assert (await verify(["--bundle", str(saved), *args]))[0] == 5  # offline: not fresh
     bundle = orjson.loads(saved.read_bytes())
@@ -194,7 +181,7 @@ async def test_tcb_policy_on_a_real_stack(
 
 
 async def test_collateral_past_its_validity_fails(stack: RunningStack) -> None:
-    args = [stack.base_url, *SIMULATED, *mock_root(stack), *collateral(stack)]
+    args = [stack.base_url, *SIMULATED, *policy(stack), *collateral(stack)]
     code, report = await verify([*args, "--at", "2099-01-01T00:00:00Z"])
     assert code == 11
     assert not step(report, "hardware")["ok"]
