@@ -52,7 +52,8 @@ images: $(STAMP)
 up: $(STAMP)
 	$(BIN)/python deploy/context.py build/context
 	cd deploy && OAUTH3_GIT_COMMIT=$$(git rev-parse HEAD) DOCKER_BUILDKIT=1 \
-		COMPOSE_DOCKER_CLI_BUILD=1 docker-compose up --build
+		COMPOSE_DOCKER_CLI_BUILD=1 docker-compose -f docker-compose.yml \
+		-f docker-compose.override.yml -f docker-compose.build.yml up --build
 
 down:
 	cd deploy && docker-compose down -v

@@ -167,6 +167,18 @@ def test_ci_overlay_gives_the_service_host_networking_on_loopback_without_ports(
     assert "ports" not in services["service"]
 
 
+def test_only_the_build_file_needs_a_build_context() -> None:
+    # down, ps and up --no-build on the run-only files must work without build/context
+    for name in ("docker-compose.yml", "docker-compose.override.yml", "docker-compose.ci.yml"):
+        services = yaml.safe_load((DEPLOY / name).read_text())["services"]
+        assert not [s for s, body in services.items() if "build" in body], name
+    built = load_local_compose("docker-compose.build.yml")
+    assert {name: body["build"]["target"] for name, body in built.items()} == {
+        role: role for role in ("simulator", "sidecar", "service")
+    }
+    assert {body["build"]["args"]["ROLE"] for body in built.values()} == set(built)
+
+
 def _deployed(tmp_path: Path, **changes: Any) -> tuple[Path, bytes]:
     """An /Info answer whose tcb_info.app_compose is ours with `changes` applied."""
     ours = render(MANIFEST.read_bytes())
