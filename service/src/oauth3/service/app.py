@@ -12,7 +12,7 @@ from aiohttp import web
 
 from oauth3.attestation import LAYOUT, LAYOUT_V2, LAYOUTS, ReportDataError, parse_nonce
 from oauth3.runtime import package_version
-from oauth3.runtime.httpmw import REQUEST_ID, note, request_middleware
+from oauth3.runtime.httpmw import REQUEST_ID, RequestBookkeeping, note
 from oauth3.runtime.metrics import metrics_listener
 from oauth3.runtime.problem import Problem
 
@@ -177,12 +177,7 @@ async def quote_refresher(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: ServiceSettings, *, app_version: str | None = None) -> web.Application:
     """The public API. `/info` bytes are fixed here, once, for the life of the app."""
     metrics = ServiceMetrics()
-    app = web.Application(
-        client_max_size=1024,
-        middlewares=[
-            request_middleware("service", observe=metrics.observe_request, refuse_get_bodies=True)
-        ],
-    )
+    app = web.Application(client_max_size=1024)
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[INFO] = build_info_document(
@@ -195,10 +190,18 @@ def create_app(settings: ServiceSettings, *, app_version: str | None = None) -> 
         app.cleanup_ctx.append(
             metrics_listener(settings.metrics_host, settings.metrics_port, scraper)
         )
-    app.router.add_get("/info", get_info)
-    app.router.add_get("/attestation", get_attestation)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/openapi.json", get_openapi)
+    bookkeeping = RequestBookkeeping(
+        "service", observe=metrics.observe_request, refuse_get_bodies=True
+    )
+    bookkeeping.add_routes(
+        app,
+        [
+            web.get("/info", get_info),
+            web.get("/attestation", get_attestation),
+            web.get("/healthz", healthz),
+            web.get("/readyz", readyz),
+            web.get("/openapi.json", get_openapi),
+        ],
+    )
     app[OPENAPI] = resources.files("oauth3.service").joinpath("openapi.json").read_bytes()
     return app
