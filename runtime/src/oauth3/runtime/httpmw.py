@@ -159,8 +159,8 @@ class RequestBookkeeping:
                 try:
                     if (
                         refuse_get_bodies
-                        and request.method in ("GET", "HEAD")
                         and request.body_exists
+                        and request.method in ("GET", "HEAD")
                     ):
                         raise Problem(400, f"{request.method} requests take no body")
                     response = await handler(request)
@@ -186,7 +186,7 @@ class RequestBookkeeping:
                     "method": request.method,
                     "route": route,
                     "status": status,
-                    "duration_ms": round(duration * 1000, 3),
+                    "duration_ms": int(duration * 1_000_000 + 0.5) / 1000,  # round() costs 2x
                 }
                 if notes:
                     fields.update(notes)

@@ -37,7 +37,7 @@ async def get_info(request: web.Request) -> web.Response:
     """GET /info: the identity bytes, exactly as hashed into every quote."""
     info = request.app[INFO]
     headers = {"ETag": info.etag, "Cache-Control": "no-cache"}
-    if info.etag in request.headers.getall("If-None-Match", []):
+    if "If-None-Match" in request.headers and info.etag in request.headers.getall("If-None-Match"):
         return web.Response(status=304, headers=headers)
     return web.Response(body=info.body, content_type="application/json", headers=headers)
 
@@ -81,29 +81,38 @@ def _agent_problem(exc: AgentError) -> Problem:
 
 async def get_attestation(request: web.Request) -> web.Response:
     """GET /attestation[?nonce=<64 hex>]: a quote whose report_data binds /info (and the nonce)."""
-    nonce = _nonce_from_query(request)
-    layout = _layout_from_query(request)
+    nonce, layout = None, LAYOUT
+    if request.query_string:  # the cached quote's requests have none: no query parsing
+        nonce = _nonce_from_query(request)
+        layout = _layout_from_query(request)
     if layout == LAYOUT_V2 and nonce is None:
         raise Problem(400, f"layout {LAYOUT_V2} needs a nonce: it binds a tree of nonces")
     provider = request.app[QUOTES]
-    note(request, nonce=nonce is not None)
+    metrics = request.app[METRICS]
     try:
         outcome: QuoteOutcome
         if nonce is None:
-            outcome = await provider.cached(request[REQUEST_ID])
+            outcome = provider.cached_now() or await provider.cached(request[REQUEST_ID])
         elif layout == LAYOUT_V2:
             outcome = await provider.batched(nonce, request[REQUEST_ID])
         else:
             outcome = await provider.fresh(nonce, request[REQUEST_ID])
     except AgentError as exc:
-        request.app[METRICS].quotes.labels("rejected").inc()
-        note(request, quote="rejected", cache_hit=False, agent_error=exc.reason)
+        metrics.count_quote("rejected")
+        note(
+            request,
+            nonce=nonce is not None,
+            quote="rejected",
+            cache_hit=False,
+            agent_error=exc.reason,
+        )
         raise _agent_problem(exc) from None
-    request.app[METRICS].quotes.labels(outcome.source).inc()
+    metrics.count_quote(outcome.source)
     agent = outcome.served.agent
     waited = outcome.source != "cached"
     note(
         request,
+        nonce=nonce is not None,
         quote=outcome.source,
         cache_hit=not waited,
         queue_ms=agent.queue_ms if waited else None,
