@@ -14,14 +14,16 @@ from pathlib import Path
 SAMPLE_RATE = 500
 # a frame reads "function (path/to/file.py:line)"; py-spy shortens paths to the package
 _FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^():]*)(?::\d+)?\)$")
-# the first rule whose file pattern matches a frame (innermost first) names the sample's part
+# the first rule whose file pattern matches a frame (innermost first) names the sample's part;
+# py-spy names our files by distribution directory and module (runtime/logs.py, service/app.py)
+_OURS = r"(oauth3|attestation|runtime|service|sidecar|simulator)/"
 PARTS: tuple[tuple[str, str], ...] = (
     (
         "log lines (structlog, timestamp, redaction, orjson, buffer)",
-        r"(^|/)(structlog/|orjson|oauth3/runtime/(logs|logbuffer|stdlogs)\.py)",
+        r"(^|/)(structlog/|orjson|(oauth3/)?runtime/(logs|logbuffer|stdlogs)\.py)",
     ),
-    ("metrics", r"(^|/)(prometheus_client/|oauth3/[a-z]+/metrics\.py)"),
-    ("oauth3 middleware and handlers", r"(^|/)oauth3/"),
+    ("metrics", r"(^|/)(prometheus_client/|(oauth3/)?(runtime|service|sidecar)/metrics\.py)"),
+    ("oauth3 request bookkeeping and handlers", rf"(^|/){_OURS}"),
     ("aiohttp (parser, routing, response)", r"^(aiohttp|multidict|yarl|propcache)/"),
     ("event loop and sockets (asyncio)", r"^(asyncio/|selectors)"),
 )

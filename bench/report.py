@@ -379,7 +379,7 @@ def _profile_section(results: Results) -> list[str]:
         "py-spy sampled each server (its CPU time only: idle waits are not samples) while wrk "
         "loaded it with the B1/B2 settings; each part's share of the samples times the CPU "
         "time per request measured in the same run gives its cost per request. A sample "
-        "belongs to the innermost frame that matches a part, so the oauth3 middleware row "
+        "belongs to the innermost frame that matches a part, so the oauth3 bookkeeping row "
         "is its own code, not the handler and logging it calls.",
         "",
         "| part | " + " | ".join(run.label for run in results.profiles) + " |",
@@ -694,11 +694,15 @@ def _throughput_notes(results: Results) -> list[str]:
         "are plain counters read at scrape time instead of prometheus-client's locked "
         "Counter and Histogram.",
         "",
+        "Done after issue 15 (branch perf, figures in the commit messages): no aiohttp "
+        "middleware (each route's handler is wrapped instead, and a last route answers 404 "
+        "and 405 as problem+json), request lines queued as fields and rendered 32 at a time "
+        "when the buffer writes, no query parsing and plain quote counts on the cached "
+        "`/attestation` path.",
+        "",
         "What is left, from the profile: the line itself (timestamp, orjson, the redaction "
-        "check, the buffer's lock), the middleware's own bookkeeping (request id, timing, the "
-        "X-Request-ID header, the line's fields) and, inside aiohttp, the middleware chain "
-        "that any aiohttp middleware brings (`Application._handle`, "
-        "`_fix_request_current_app`, one more coroutine per request)."
+        "check), the bookkeeping around each handler (request id, timing, the X-Request-ID "
+        "header, the line's fields, the request counters) and the handlers' own code."
         + _line_off_note(results)
         + " Figures on this shared VM move by 10-20% between runs of the same target "
         "(compare the runs in the B1 and B2 tables).",
@@ -717,8 +721,7 @@ def _line_off_note(results: Results) -> str:
         )
     return (
         f" With the line off the service reaches only {off:.2f}x in this run, so no cheaper "
-        "line alone meets the target; the middleware's own cost would have to go too (counting "
-        "inside aiohttp's protocol instead), which the one error middleware rules out."
+        "line alone meets the target; the bookkeeping around each handler costs about as much."
     )
 
 
@@ -737,7 +740,7 @@ def _profile_split(results: Results) -> str:
     return (
         f" In the profile runs the service spent {extra:,.0f} µs more per `/info` request "
         f"than bare aiohttp: log lines {cost(service, 'log lines'):,.1f} µs, metrics "
-        f"{cost(service, 'metrics'):,.1f} µs, the oauth3 middleware and handler's own code "
+        f"{cost(service, 'metrics'):,.1f} µs, the oauth3 bookkeeping and handler's own code "
         f"{cost(service, 'oauth3'):,.1f} µs; against bare, aiohttp "
         f"{cost(service, 'aiohttp') - cost(bare, 'aiohttp'):+,.1f} µs and the event loop "
         f"and socket calls {cost(service, 'event loop') - cost(bare, 'event loop'):+,.1f} µs "

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 import pytest
 from aiohttp import web
 
-from oauth3.runtime.httpmw import request_middleware
+from oauth3.runtime.httpmw import RequestBookkeeping
 from oauth3.runtime.serve import Limits, serve
 from tests.fakes import short_socket_dir, unix_session
 from tests.stack import free_port
@@ -26,12 +26,13 @@ LIMITS = Limits(
 
 
 def small_app() -> web.Application:
-    app = web.Application(middlewares=[request_middleware("test", refuse_get_bodies=True)])
+    app = web.Application()
 
     async def hello(request: web.Request) -> web.Response:
         return web.Response(text="hello")
 
-    app.router.add_get("/hello", hello)
+    bookkeeping = RequestBookkeeping("test", refuse_get_bodies=True)
+    bookkeeping.add_routes(app, [web.get("/hello", hello)])
     return app
 
 

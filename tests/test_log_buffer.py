@@ -75,6 +75,47 @@ def test_without_an_event_loop_lines_are_written_at_once() -> None:
     assert stream.writes == [b"start-up\n"]
 
 
+def test_queued_fields_are_rendered_in_order_when_written() -> None:
+    stream = RecordingStream()
+    rendered: list[dict[str, Any]] = []
+
+    def render(fields: dict[str, Any]) -> bytes:
+        rendered.append(fields)
+        return b"fields %d\n" % fields["n"]
+
+    buffer = LineBuffer(stream, Buffering(max_lines=100, flush_interval=3600), render=render)
+
+    async def log() -> None:
+        buffer.add(b"line 0\n")
+        buffer.add({"n": 1})
+        buffer.add(b"line 2\n")
+        assert rendered == []
+
+    asyncio.run(log())
+    buffer.flush()
+    assert stream.writes == [b"line 0\nfields 1\nline 2\n"]
+
+
+def test_a_timer_left_on_a_stopped_loop_is_armed_again_on_the_next() -> None:
+    stream = RecordingStream()
+    buffer = LineBuffer(stream, Buffering(max_lines=100, flush_interval=0.01))
+
+    async def log(line: bytes) -> None:
+        buffer.add(line)
+
+    async def log_and_wait(line: bytes) -> None:
+        buffer.add(line)
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if stream.writes:
+                break
+
+    asyncio.run(log(b"first\n"))  # its loop stops before the timer fires
+    assert stream.writes == []
+    asyncio.run(log_and_wait(b"second\n"))
+    assert stream.writes == [b"first\nsecond\n"]
+
+
 def test_a_sigkill_can_lose_at_most_the_buffer_minus_one() -> None:
     assert Buffering(max_lines=32).max_lost_lines == 31
     assert Buffering(max_lines=1).max_lost_lines == 0

@@ -16,6 +16,7 @@ from structlog.testing import capture_logs
 
 from oauth3.attestation import parse_quote
 from oauth3.runtime.envconfig import ConfigError
+from oauth3.service import app as service_app
 from oauth3.service.app import create_app
 from oauth3.service.settings import ServiceSettings, parse_build_info
 from tests.fakes import Harness, problem
@@ -233,22 +234,35 @@ async def test_request_id_shared_with_sidecar_line(client: TestClient[Any, Any])
 
 
 async def test_unexpected_exception_is_500_problem(
-    harness: Harness, aiohttp_client: ClientFactory
+    harness: Harness, aiohttp_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    app = create_app(harness.service_settings())
-
     async def boom(request: web.Request) -> web.Response:
         raise RuntimeError("secret-value-in-exception")
 
-    app.router.add_get("/boom", boom)
-    client = await aiohttp_client(app)
+    monkeypatch.setattr(service_app, "healthz", boom)
+    client = await aiohttp_client(create_app(harness.service_settings()))
     with capture_logs() as logs:
-        response = await client.get("/boom")
+        response = await client.get("/healthz")
         body = await response.read()
     assert response.status == 500
     assert b"secret-value" not in body
     assert problem(body)["detail"] == "internal error"
+    assert response.headers["X-Request-ID"]
     assert any(e["event"] == "unhandled_error" for e in logs)
+    assert any(e["event"] == "request" and e["status"] == 500 for e in logs)
+
+
+async def test_a_route_added_without_bookkeeping_stops_the_start(harness: Harness) -> None:
+    app = create_app(harness.service_settings())
+
+    async def bare(request: web.Request) -> web.Response:
+        return web.Response(text="no request id, no line, no problem+json")
+
+    app.router.add_get("/bare", bare)
+    runner = web.AppRunner(app)
+    with pytest.raises(RuntimeError, match="/bare"):
+        await runner.setup()
+    await runner.cleanup()
 
 
 async def test_readyz_and_healthz(client: TestClient[Any, Any]) -> None:

@@ -5,8 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+import orjson
+
+
+def json_line(fields: dict[str, Any]) -> bytes:
+    """Fields as one JSON line (LineBuffer's default renderer)."""
+    return orjson.dumps(fields, option=orjson.OPT_APPEND_NEWLINE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,32 +36,47 @@ class LineBuffer:
 
     So a process killed without warning (SIGKILL, OOM) loses at most `max_lines - 1` lines,
     those of its last `flush_interval` seconds unless a blocked event loop held the timer back;
-    lines logged where no event loop runs (start-up,
-    shutdown, other threads) are written at once, since no timer could flush them later.
+    lines logged where no event loop runs (start-up, shutdown, other threads) are written at
+    once unless a running loop's timer will flush them, since nothing else would.
     """
 
-    def __init__(self, stream: BinaryIO, buffering: Buffering | None = None) -> None:
+    def __init__(
+        self,
+        stream: BinaryIO,
+        buffering: Buffering | None = None,
+        *,
+        render: Callable[[dict[str, Any]], bytes] = json_line,
+    ) -> None:
         buffering = buffering or Buffering()
         self._stream = stream
         self._max_lines = max(1, buffering.max_lines)
         self._interval = buffering.flush_interval
-        self._lines: list[bytes] = []
+        self._render = render
+        self._lines: list[bytes | dict[str, Any]] = []
         self._lock = threading.Lock()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_loop: asyncio.AbstractEventLoop | None = None
 
-    def add(self, line: bytes) -> None:
-        """Buffer one line (ending in a newline); write the batch when it is full."""
-        loop = asyncio._get_running_loop()  # None where no loop runs, without an exception
+    def add(self, line: bytes | dict[str, Any]) -> None:
+        """Buffer one line: bytes ending in a newline, or fields that `render` turns into one
+        when the batch is written; write the batch when it is full."""
         with self._lock:
             lines = self._lines
             lines.append(line)
-            if loop is None or len(lines) >= self._max_lines:
+            if len(lines) >= self._max_lines:
                 self._write_locked()
-            # a timer armed on a loop that has since stopped would never fire: re-arm here
-            elif self._timer is None or self._timer_loop is not loop:
-                self._timer = loop.call_later(self._interval, self.flush)
-                self._timer_loop = loop
+            # a timer armed on a loop that has since stopped would never fire: re-arm then
+            elif self._timer_loop is None or not self._timer_loop.is_running():
+                self._arm_locked()
+
+    def _arm_locked(self) -> None:
+        # asyncio._get_running_loop costs a getpid(2) on every call, hence only when arming
+        loop = asyncio._get_running_loop()  # None where no loop runs, without an exception
+        if loop is None:
+            self._write_locked()
+        else:
+            self._timer = loop.call_later(self._interval, self.flush)
+            self._timer_loop = loop
 
     def urgent(self, line: bytes) -> None:
         """Write the buffered lines and this one now (warnings and errors)."""
@@ -72,7 +95,10 @@ class LineBuffer:
             self._timer = self._timer_loop = None
         if not self._lines:
             return
-        batch = b"".join(self._lines)
+        render = self._render
+        batch = b"".join(
+            [line if isinstance(line, bytes) else render(line) for line in self._lines]
+        )
         self._lines.clear()
         self._stream.write(batch)
         self._stream.flush()

@@ -25,6 +25,7 @@ REDACTED = "[redacted]"
 MIN_SECRET_LENGTH = 4
 _PLAIN = (str, int, float, bool, type(None))
 _JSON_LINE = orjson.OPT_APPEND_NEWLINE
+_OPEN_BRACKET = ord("[")
 _buffer: LineBuffer | None = None
 # the request being handled, for every line logged while it is (set by the request middleware)
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -73,7 +74,7 @@ class SecretRedactor:
         if (
             not self._harmless_keys.issuperset(event_dict)
             or line.find(b"{", 1) != -1
-            or b"[" in line
+            or _OPEN_BRACKET in line  # an int: a memchr, where b"[" runs the substring search
             or (self._needles and any(needle in line for needle in self._needles))
         ):
             return self._render_scrubbed(event_dict)
@@ -119,13 +120,25 @@ class UtcTimestamp:
         self, logger: Any, method: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
         """Stamp one event."""
-        now = time.time()
-        second = int(now)
+        event_dict["timestamp"] = self.now()
+        return event_dict
+
+    def now(self) -> str:
+        """The current time, formatted."""
+        return self.format(time.time_ns())
+
+    def format(self, when_ns: int) -> str:
+        """A time.time_ns() value, formatted."""
+        micros = when_ns // 1000
+        second = micros // 1_000_000
         if second != self._second:
             self._second = second
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        event_dict["timestamp"] = f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
-        return event_dict
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+        micros -= second * 1_000_000
+        return self._prefix + _THREE_DIGITS[micros // 1000] + _THREE_DIGITS[micros % 1000] + "Z"
+
+
+_THREE_DIGITS = [f"{n:03d}" for n in range(1000)]  # cheaper than a format spec per line
 
 
 def add_request_id(
@@ -140,18 +153,34 @@ def add_request_id(
 
 class _RequestLines:
     """The canonical request line built straight from its fields: the same keys, order,
-    timestamp, redaction and buffer as the structlog chain gives an info event, without it."""
+    timestamp, redaction and buffer as the structlog chain gives an info event, without it.
 
-    def __init__(self, redactor: SecretRedactor, stamp: UtcTimestamp, buffer: LineBuffer) -> None:
+    A request only stamps its fields and queues them; the buffer renders the queued lines
+    together when it writes them, which costs a fraction of rendering each between requests.
+    """
+
+    def __init__(
+        self,
+        redactor: SecretRedactor,
+        stamp: UtcTimestamp,
+        stream: BinaryIO,
+        buffering: Buffering | None,
+    ) -> None:
         self._redactor = redactor
         self._stamp = stamp
-        self._buffer = buffer
+        self.buffer = LineBuffer(stream, buffering, render=self.render)
 
     def write(self, fields: dict[str, Any]) -> None:
+        """Queue one line."""
         fields["event"] = "request"
         fields["level"] = "info"
-        self._stamp(None, "info", fields)
-        self._buffer.add(self._redactor.render(fields))
+        fields["timestamp"] = time.time_ns()
+        self.buffer.add(fields)
+
+    def render(self, fields: dict[str, Any]) -> bytes:
+        """One queued line as JSON (the buffer calls this when it writes)."""
+        fields["timestamp"] = self._stamp.format(fields["timestamp"])
+        return self._redactor.render(fields)
 
 
 _request_lines: _RequestLines | None = None
@@ -205,9 +234,9 @@ def configure_logging(
                 serializer=orjson.dumps, option=orjson.OPT_APPEND_NEWLINE
             ),
         ]
-        _buffer = LineBuffer(stream or sys.stderr.buffer, buffering)
+        _request_lines = _RequestLines(redactor, stamp, stream or sys.stderr.buffer, buffering)
+        _buffer = _request_lines.buffer
         final_logger = BufferedLogger(_buffer)
-        _request_lines = _RequestLines(redactor, stamp, _buffer)
 
         def factory(*args: Any) -> BufferedLogger:
             return final_logger

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from oauth3.attestation import LAYOUT, LAYOUT_V2, LAYOUTS, ReportDataError, parse_nonce
 from oauth3.runtime import package_version
-from oauth3.runtime.httpmw import REQUEST_ID, note, request_middleware
+from oauth3.runtime.httpmw import REQUEST_ID, RequestBookkeeping, note
 from oauth3.runtime.metrics import metrics_listener
 from oauth3.runtime.problem import Problem
 
@@ -37,7 +37,7 @@ async def get_info(request: web.Request) -> web.Response:
     """GET /info: the identity bytes, exactly as hashed into every quote."""
     info = request.app[INFO]
     headers = {"ETag": info.etag, "Cache-Control": "no-cache"}
-    if info.etag in request.headers.getall("If-None-Match", []):
+    if "If-None-Match" in request.headers and info.etag in request.headers.getall("If-None-Match"):
         return web.Response(status=304, headers=headers)
     return web.Response(body=info.body, content_type="application/json", headers=headers)
 
@@ -81,29 +81,38 @@ def _agent_problem(exc: AgentError) -> Problem:
 
 async def get_attestation(request: web.Request) -> web.Response:
     """GET /attestation[?nonce=<64 hex>]: a quote whose report_data binds /info (and the nonce)."""
-    nonce = _nonce_from_query(request)
-    layout = _layout_from_query(request)
+    nonce, layout = None, LAYOUT
+    if request.query_string:  # the cached quote's requests have none: no query parsing
+        nonce = _nonce_from_query(request)
+        layout = _layout_from_query(request)
     if layout == LAYOUT_V2 and nonce is None:
         raise Problem(400, f"layout {LAYOUT_V2} needs a nonce: it binds a tree of nonces")
     provider = request.app[QUOTES]
-    note(request, nonce=nonce is not None)
+    metrics = request.app[METRICS]
     try:
         outcome: QuoteOutcome
         if nonce is None:
-            outcome = await provider.cached(request[REQUEST_ID])
+            outcome = provider.cached_now() or await provider.cached(request[REQUEST_ID])
         elif layout == LAYOUT_V2:
             outcome = await provider.batched(nonce, request[REQUEST_ID])
         else:
             outcome = await provider.fresh(nonce, request[REQUEST_ID])
     except AgentError as exc:
-        request.app[METRICS].quotes.labels("rejected").inc()
-        note(request, quote="rejected", cache_hit=False, agent_error=exc.reason)
+        metrics.count_quote("rejected")
+        note(
+            request,
+            nonce=nonce is not None,
+            quote="rejected",
+            cache_hit=False,
+            agent_error=exc.reason,
+        )
         raise _agent_problem(exc) from None
-    request.app[METRICS].quotes.labels(outcome.source).inc()
+    metrics.count_quote(outcome.source)
     agent = outcome.served.agent
     waited = outcome.source != "cached"
     note(
         request,
+        nonce=nonce is not None,
         quote=outcome.source,
         cache_hit=not waited,
         queue_ms=agent.queue_ms if waited else None,
@@ -177,12 +186,7 @@ async def quote_refresher(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: ServiceSettings, *, app_version: str | None = None) -> web.Application:
     """The public API. `/info` bytes are fixed here, once, for the life of the app."""
     metrics = ServiceMetrics()
-    app = web.Application(
-        client_max_size=1024,
-        middlewares=[
-            request_middleware("service", observe=metrics.observe_request, refuse_get_bodies=True)
-        ],
-    )
+    app = web.Application(client_max_size=1024)
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[INFO] = build_info_document(
@@ -195,10 +199,18 @@ def create_app(settings: ServiceSettings, *, app_version: str | None = None) -> 
         app.cleanup_ctx.append(
             metrics_listener(settings.metrics_host, settings.metrics_port, scraper)
         )
-    app.router.add_get("/info", get_info)
-    app.router.add_get("/attestation", get_attestation)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/openapi.json", get_openapi)
+    bookkeeping = RequestBookkeeping(
+        "service", observe=metrics.observe_request, refuse_get_bodies=True
+    )
+    bookkeeping.add_routes(
+        app,
+        [
+            web.get("/info", get_info),
+            web.get("/attestation", get_attestation),
+            web.get("/healthz", healthz),
+            web.get("/readyz", readyz),
+            web.get("/openapi.json", get_openapi),
+        ],
+    )
     app[OPENAPI] = resources.files("oauth3.service").joinpath("openapi.json").read_bytes()
     return app

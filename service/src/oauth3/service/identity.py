@@ -17,11 +17,7 @@ class InfoDocument:
 
     body: bytes
     digest: bytes
-
-    @property
-    def etag(self) -> str:
-        """A strong ETag: the quoted hex SHA-256 of the body."""
-        return f'"{self.digest.hex()}"'
+    etag: str  # a strong ETag: the quoted hex SHA-256 of the body
 
 
 def build_info_document(build_info: dict[str, Any] | None, app_version: str) -> InfoDocument:
@@ -30,4 +26,5 @@ def build_info_document(build_info: dict[str, Any] | None, app_version: str) -> 
         {"build_info": build_info, "name": APP_NAME, "version": app_version},
         option=orjson.OPT_SORT_KEYS,
     )
-    return InfoDocument(body=body, digest=hashlib.sha256(body).digest())
+    digest = hashlib.sha256(body).digest()
+    return InfoDocument(body=body, digest=digest, etag=f'"{digest.hex()}"')

@@ -97,6 +97,7 @@ class QuoteProvider:
         self._retry_after = retry_after
         self._max_pending = max_pending
         self._cached: ServedQuote | None = None
+        self._cached_outcome: QuoteOutcome | None = None  # the same, as cached() returns it
         self._inflight: dict[bytes | None, asyncio.Task[ServedQuote]] = {}
         self._batcher = NonceBatcher(
             self.checked_quote,
@@ -160,10 +161,18 @@ class QuoteProvider:
         async def make() -> ServedQuote:
             served = await self._fetch(None, request_id)
             self._cached = served
+            self._cached_outcome = QuoteOutcome(served, "cached")
             return served
 
         served, _ = await self._shared(None, make)
         return served
+
+    def cached_now(self) -> QuoteOutcome | None:
+        """The cached quote while younger than max_age, else None (then await cached())."""
+        current = self._cached_outcome
+        if current is not None and time.monotonic() - current.served.created <= self._max_age:
+            return current
+        return None
 
     async def cached(self, request_id: str) -> QuoteOutcome:
         """The cached quote while younger than max_age; otherwise refresh now or fail (503)."""

@@ -31,8 +31,8 @@ from oauth3.runtime.httpmw import (
     QUEUE_MS_HEADER,
     REQUEST_ID,
     REQUEST_ID_HEADER,
+    RequestBookkeeping,
     note,
-    request_middleware,
 )
 from oauth3.runtime.metrics import exposition
 from oauth3.runtime.problem import Problem
@@ -244,19 +244,20 @@ def create_app(settings: SidecarSettings) -> web.Application:
     """The sidecar app: POST /GetQuote, POST /Info, GET /healthz, GET /metrics; else 403."""
     gate = QuoteGate(settings.queue_size)
     figures = SidecarMetrics(lambda: gate.pending)
-    app = web.Application(
-        client_max_size=settings.max_body_bytes,
-        middlewares=[
-            request_middleware("sidecar", error_member=True, observe=figures.observe_request)
-        ],
-    )
+    app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[GATE] = gate
     app[METRICS] = figures
     app.cleanup_ctx.append(agent_session(settings))
-    app.router.add_post("/GetQuote", get_quote)
-    app.router.add_post("/Info", info)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_route("*", "/{tail:.*}", refuse)
+    bookkeeping = RequestBookkeeping("sidecar", error_member=True, observe=figures.observe_request)
+    bookkeeping.add_routes(
+        app,
+        [
+            web.post("/GetQuote", get_quote),
+            web.post("/Info", info),
+            web.get("/healthz", healthz),
+            web.get("/metrics", metrics),
+        ],
+        otherwise=refuse,
+    )
     return app
