@@ -16,7 +16,9 @@ from aiohttp.test_utils import TestClient
 
 from oauth3.attestation import parse_quote
 from oauth3.attestation.merkle import MerkleTree, root_from_path
+from oauth3.service.agent import AgentQuote, AgentTimeoutError, AgentUnavailableError
 from oauth3.service.app import METRICS, create_app
+from oauth3.service.batches import NonceBatcher
 from tests.fakes import Harness, problem
 
 ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
@@ -149,3 +151,111 @@ async def test_a_batch_not_quoted_in_time_is_504(
     status, doc = await attest(client, secrets.token_bytes(32))
     assert status == 504
     assert doc["detail"] == "the quote batch was not ready in time"
+
+
+class RecordingAgent:
+    """A quote fetcher for NonceBatcher alone: each request reaches the agent a few loop turns
+    after the call (aiohttp writes the body from a task of its own), and each quote waits for
+    the test to release it."""
+
+    def __init__(self, turns_to_send: int = 0) -> None:
+        self.turns_to_send = turns_to_send
+        self.requested: list[bytes] = []  # the report_data of each quote, in order
+        self.release: list[asyncio.Future[None]] = []
+
+    async def fetch(self, report_data: bytes, request_id: str) -> AgentQuote:
+        for _ in range(self.turns_to_send):
+            await asyncio.sleep(0)
+        self.requested.append(report_data)
+        gate = asyncio.get_running_loop().create_future()
+        self.release.append(gate)
+        await gate
+        return AgentQuote(b"q", "[]", report_data, "{}")
+
+
+def batcher(agent: RecordingAgent, **overrides: Any) -> NonceBatcher:
+    options: dict[str, Any] = {"max_batch": 4096, "max_wait": 5.0, "retry_after": 1}
+    return NonceBatcher(agent.fetch, bytes(32), **(options | overrides))
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_answering_a_large_batch_does_not_hold_up_the_next_quote() -> None:
+    agent = RecordingAgent(turns_to_send=3)
+    nonces = batcher(agent)
+    woken: list[int] = []  # quotes requested when each client of the large batch was woken
+
+    async def client(nonce: bytes) -> None:
+        await nonces.join(nonce, "r")
+        woken.append(len(agent.requested))
+
+    first = asyncio.ensure_future(nonces.join(bytes(32), "r"))
+    await settle()  # quote 1 is in flight; 200 clients gather for quote 2
+    large = [asyncio.ensure_future(client(n.to_bytes(32, "big"))) for n in range(1, 201)]
+    await settle()
+    agent.release[0].set_result(None)
+    await first
+    await settle()  # quote 2 is in flight; one client gathers for quote 3
+    following = asyncio.ensure_future(nonces.join(b"\xff" * 32, "r"))
+    await settle()
+    agent.release[1].set_result(None)
+    await asyncio.wait_for(asyncio.gather(*large), 1)
+    assert len(woken) == 200
+    assert woken[-1] == 3  # quote 3 was on its way before the last of the 200 was answered
+    agent.release[2].set_result(None)
+    quoted, index = await asyncio.wait_for(following, 1)
+    assert (quoted.tree.size, index) == (1, 0)
+    await nonces.close()
+
+
+async def test_a_batch_that_waits_too_long_is_answered_504_and_never_quoted() -> None:
+    agent = RecordingAgent()
+    nonces = batcher(agent, max_wait=0.1)
+    first = asyncio.ensure_future(nonces.join(b"\x01" * 32, "r"))
+    await settle()  # quote 1 is in flight and never released
+    late = asyncio.ensure_future(nonces.join(b"\x02" * 32, "r"))
+    for waiter in (first, late):
+        with pytest.raises(AgentTimeoutError, match="not ready in time"):
+            await asyncio.wait_for(waiter, 1)
+    again = asyncio.ensure_future(nonces.join(b"\x03" * 32, "r"))
+    agent.release[0].set_result(None)  # the stuck quote ends; nobody waits for its batch now
+    await settle()
+    agent.release[1].set_result(None)
+    quoted, index = await asyncio.wait_for(again, 1)
+    assert (quoted.tree.size, index) == (1, 0)
+    assert [r[32:] for r in agent.requested] == [
+        MerkleTree([b"\x01" * 32]).root,
+        MerkleTree([b"\x03" * 32]).root,  # the expired batch of b"\x02" was dropped
+    ]
+    await nonces.close()
+
+
+async def test_a_client_that_goes_away_leaves_its_batch_intact() -> None:
+    agent = RecordingAgent()
+    nonces = batcher(agent)
+    stays = asyncio.ensure_future(nonces.join(b"\x01" * 32, "r"))
+    leaves = asyncio.ensure_future(nonces.join(b"\x02" * 32, "r"))
+    await settle()
+    leaves.cancel()
+    await settle()
+    agent.release[0].set_result(None)
+    quoted, index = await asyncio.wait_for(stays, 1)
+    assert (quoted.tree.size, index) == (2, 0)
+    assert leaves.cancelled()
+    await nonces.close()
+
+
+async def test_closing_answers_the_gathering_batch_503() -> None:
+    agent = RecordingAgent()
+    nonces = batcher(agent)
+    quoting = asyncio.ensure_future(nonces.join(b"\x01" * 32, "r"))
+    await settle()
+    gathering = asyncio.ensure_future(nonces.join(b"\x02" * 32, "r"))
+    await settle()
+    await nonces.close()
+    for waiter in (quoting, gathering):
+        with pytest.raises(AgentUnavailableError, match="stopping"):
+            await asyncio.wait_for(waiter, 1)

@@ -49,12 +49,12 @@ class BatchQuote:
 
 @dataclass(slots=True)
 class _Batch:
-    """Nonces gathered for the next quote, and the future their requests wait on."""
+    """Nonces gathered for the next quote and the futures of the requests waiting for it; the
+    timer fails them all when the batch is not quoted within max_wait of its first nonce."""
 
     leaves: dict[bytes, int] = field(default_factory=dict)
-    done: asyncio.Future[BatchQuote] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
+    waiters: list[asyncio.Future[BatchQuote]] = field(default_factory=list)
+    timer: asyncio.TimerHandle | None = None
 
 
 def shared_body(answer: AgentQuote, report_data: bytes) -> bytes:
@@ -73,7 +73,11 @@ def shared_body(answer: AgentQuote, report_data: bytes) -> bytes:
 
 
 class NonceBatcher:
-    """Quotes batches of nonces one after another; at most one batch quoting, one gathering."""
+    """Quotes batches of nonces one after another; at most one batch quoting, one gathering.
+
+    The next batch's quote is requested before the clients of the last one are answered, and
+    they are woken DELIVERY_CHUNK at a time, one chunk per event-loop turn: answering a batch
+    of hundreds never holds up the quote pipeline (the agent is the scarce resource)."""
 
     def __init__(
         self,
@@ -97,38 +101,52 @@ class NonceBatcher:
     async def join(self, nonce: bytes, request_id: str) -> tuple[BatchQuote, int]:
         """Wait for the batch that quotes `nonce`; its quote and this nonce's leaf index.
         AgentUnavailableError (503) when the gathering batch is full, AgentTimeoutError (504)
-        when it is not quoted within max_wait, any AgentError of the quote itself."""
+        when it is not quoted within max_wait of its first nonce, any AgentError of the quote."""
         batch = self._gathering
         index = batch.leaves.get(nonce)
         if index is None:
             if len(batch.leaves) >= self._max_batch:
                 raise AgentUnavailableError("quote batch is full", retry_after=self._retry_after)
             index = batch.leaves[nonce] = len(batch.leaves)
+        loop = asyncio.get_running_loop()
+        if batch.timer is None:
+            batch.timer = loop.call_later(self._max_wait, self._expire, batch)
+        waiter: asyncio.Future[BatchQuote] = loop.create_future()
+        batch.waiters.append(waiter)
         if self._runner is None or self._runner.done():
             self._runner = asyncio.create_task(self._run(request_id), name="nonce-batches")
-        try:
-            async with asyncio.timeout(self._max_wait):
-                quoted = await asyncio.shield(batch.done)
-        except TimeoutError:
-            raise AgentTimeoutError(
-                "the quote batch was not ready in time", retry_after=self._retry_after
-            ) from None
-        return quoted, index
+        return await waiter, index  # cancelling this request cancels only its own future
+
+    def _expire(self, batch: _Batch) -> None:
+        """max_wait has passed since the batch's first nonce: its clients get 504 now. A batch
+        still gathering is dropped unquoted; new nonces start a fresh one."""
+        if batch is self._gathering:
+            self._gathering = _Batch()
+        late = AgentTimeoutError(
+            "the quote batch was not ready in time", retry_after=self._retry_after
+        )
+        _deliver(batch.waiters, late, 0)
 
     async def _run(self, request_id: str) -> None:
         """Quote gathered batches back to back until none is waiting."""
         while self._gathering.leaves:
             batch, self._gathering = self._gathering, _Batch()
+            outcome: BatchQuote | Exception
             try:
-                quoted = await self._quote(list(batch.leaves), request_id)
-            except BaseException as exc:  # every waiter of this batch gets the same error
-                stopping = AgentUnavailableError("the service is stopping", retry_after=1)
-                batch.done.set_exception(exc if isinstance(exc, Exception) else stopping)
-                batch.done.exception()  # retrieved here too: its waiters may have timed out
-                if not isinstance(exc, Exception):
-                    raise
-            else:
-                batch.done.set_result(quoted)
+                outcome = await self._quote(list(batch.leaves), request_id)
+            except Exception as exc:  # every waiter of this batch gets the same error
+                outcome = exc
+            except BaseException:
+                self._settle(batch, AgentUnavailableError("the service is stopping", retry_after=1))
+                raise
+            self._settle(batch, outcome)
+
+    def _settle(self, batch: _Batch, outcome: BatchQuote | Exception) -> None:
+        """Answer the batch's waiters from the next loop turn on; the caller goes on at once
+        (to request the next quote before any of these clients is written to)."""
+        if batch.timer is not None:
+            batch.timer.cancel()
+        asyncio.get_running_loop().call_soon(_deliver, batch.waiters, outcome, 0)
 
     async def _quote(self, nonces: list[bytes], request_id: str) -> BatchQuote:
         tree = MerkleTree(nonces)
@@ -139,8 +157,35 @@ class NonceBatcher:
         return BatchQuote(tree=tree, common=shared_body(answer, report_data), agent=answer)
 
     async def close(self) -> None:
-        """Stop quoting: cancel the runner; waiters of its batch get a 503."""
+        """Stop quoting: cancel the runner; waiters of its batch and of the gathering one get
+        a 503."""
         if self._runner is not None:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
+        gathering, self._gathering = self._gathering, _Batch()
+        if gathering.timer is not None:
+            gathering.timer.cancel()
+        _deliver(
+            gathering.waiters, AgentUnavailableError("the service is stopping", retry_after=1), 0
+        )
+
+
+DELIVERY_CHUNK = 32  # waiters woken per event-loop turn
+
+
+def _deliver(
+    waiters: list[asyncio.Future[BatchQuote]], outcome: BatchQuote | Exception, start: int
+) -> None:
+    """Resolve waiters[start:start + DELIVERY_CHUNK] and schedule the rest for the next turn.
+    Waiters already done (timed out, cancelled) are skipped."""
+    end = start + DELIVERY_CHUNK
+    for waiter in waiters[start:end]:
+        if waiter.done():
+            continue
+        if isinstance(outcome, Exception):
+            waiter.set_exception(outcome)
+        else:
+            waiter.set_result(outcome)
+    if end < len(waiters):
+        asyncio.get_running_loop().call_soon(_deliver, waiters, outcome, end)
