@@ -16,7 +16,12 @@ from aiohttp.test_utils import TestClient
 
 from oauth3.attestation import parse_quote
 from oauth3.attestation.merkle import MerkleTree, root_from_path
-from oauth3.service.agent import AgentQuote, AgentTimeoutError, AgentUnavailableError
+from oauth3.service.agent import (
+    AgentBadAnswerError,
+    AgentQuote,
+    AgentTimeoutError,
+    AgentUnavailableError,
+)
 from oauth3.service.app import METRICS, create_app
 from oauth3.service.batches import NonceBatcher
 from tests.fakes import Harness, problem
@@ -158,8 +163,9 @@ class RecordingAgent:
     after the call (aiohttp writes the body from a task of its own), and each quote waits for
     the test to release it."""
 
-    def __init__(self, turns_to_send: int = 0) -> None:
+    def __init__(self, turns_to_send: int = 0, agent_ms: float | None = None) -> None:
         self.turns_to_send = turns_to_send
+        self.agent_ms = agent_ms  # what the sidecar's timing header reports, if anything
         self.requested: list[bytes] = []  # the report_data of each quote, in order
         self.release: list[asyncio.Future[None]] = []
 
@@ -170,7 +176,8 @@ class RecordingAgent:
         gate = asyncio.get_running_loop().create_future()
         self.release.append(gate)
         await gate
-        return AgentQuote(b"q", "[]", report_data, "{}")
+        queue_ms = None if self.agent_ms is None else 0.0
+        return AgentQuote(b"q", "[]", report_data, "{}", queue_ms, self.agent_ms)
 
 
 def batcher(agent: RecordingAgent, **overrides: Any) -> NonceBatcher:
@@ -208,6 +215,30 @@ async def test_answering_a_large_batch_does_not_hold_up_the_next_quote() -> None
     agent.release[2].set_result(None)
     quoted, index = await asyncio.wait_for(following, 1)
     assert (quoted.tree.size, index) == (1, 0)
+    await nonces.close()
+
+
+async def test_the_next_batch_waits_at_the_sidecar_not_here() -> None:
+    agent = RecordingAgent(agent_ms=400.0)  # the sidecar reports 400 ms of agent time per quote
+    nonces = batcher(agent)
+    first = asyncio.ensure_future(nonces.join(b"\x01" * 32, "r"))
+    await settle()
+    agent.release[0].set_result(None)
+    await first  # now the batcher knows how long the agent takes
+    second = asyncio.ensure_future(nonces.join(b"\x02" * 32, "r"))
+    await settle()
+    third = asyncio.ensure_future(nonces.join(b"\x03" * 32, "r"))
+    await asyncio.sleep(0.1)
+    assert len(agent.requested) == 2  # the agent is busy with quote 2 for 300 ms more
+    await asyncio.sleep(0.4)
+    assert len(agent.requested) == 3  # quote 3 went out before quote 2 came back
+    agent.release[1].set_exception(AgentBadAnswerError("agent answered HTTP 500"))
+    with pytest.raises(AgentBadAnswerError):
+        await asyncio.wait_for(second, 1)
+    agent.release[2].set_result(None)  # a failed quote does not spoil the one after it
+    quoted, index = await asyncio.wait_for(third, 1)
+    assert quoted.agent.report_data[32:] == MerkleTree([b"\x03" * 32]).root
+    assert index == 0
     await nonces.close()
 
 
@@ -257,5 +288,23 @@ async def test_closing_answers_the_gathering_batch_503() -> None:
     await settle()
     await nonces.close()
     for waiter in (quoting, gathering):
+        with pytest.raises(AgentUnavailableError, match="stopping"):
+            await asyncio.wait_for(waiter, 1)
+
+
+async def test_closing_answers_both_batches_at_the_sidecar_503() -> None:
+    agent = RecordingAgent(agent_ms=100.0)
+    nonces = batcher(agent)
+    warm = asyncio.ensure_future(nonces.join(b"\x01" * 32, "r"))
+    await settle()
+    agent.release[0].set_result(None)
+    await warm
+    quoting = asyncio.ensure_future(nonces.join(b"\x02" * 32, "r"))
+    await settle()
+    queued = asyncio.ensure_future(nonces.join(b"\x03" * 32, "r"))
+    await asyncio.sleep(0.2)
+    assert len(agent.requested) == 3  # two quotes outstanding
+    await nonces.close()
+    for waiter in (quoting, queued):
         with pytest.raises(AgentUnavailableError, match="stopping"):
             await asyncio.wait_for(waiter, 1)

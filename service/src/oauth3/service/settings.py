@@ -65,7 +65,7 @@ class ServiceSettings:
     limits: Limits = field(default_factory=Limits)
     max_pending_quotes: int = 17  # the sidecar's default queue (16) plus the quote in the agent
     max_batch: int = 4096  # distinct nonces in one oauth3/v2 quote
-    batch_wait: float = 30.0  # how long a batched request waits for its quote (then 504)
+    batch_wait: float = 30.0  # a batch's wait for its quote, from its first nonce (then 504)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
