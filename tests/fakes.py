@@ -44,7 +44,7 @@ def short_socket_dir() -> Path:
 
 class FakeAgent:
     """A guest agent whose behaviour a test sets: ok, stall, garbage, truncated, wrong_report_data,
-    400, 500, redirect (307 to /GetKey), drop (connection closed mid-answer)."""
+    400, 500, redirect (307 to /GetKey), drop (connection closed mid-answer), bytes:N (N bytes)."""
 
     def __init__(self) -> None:
         self.mode = "ok"
@@ -72,6 +72,8 @@ class FakeAgent:
                 await asyncio.sleep(self.delay)
             if self.mode == "drop":
                 return await self._drop_mid_answer(request)
+            if self.mode.startswith("bytes:"):  # an answer of exactly this many bytes
+                return web.Response(body=b"x" * int(self.mode[6:]), content_type="text/plain")
             return await self._answer(method, body)
         finally:
             self.active -= 1

@@ -21,11 +21,17 @@ import pytest
 from aiohttp import web
 
 from oauth3.simulator.devstack import Child, StackPaths, start_stack, stop_all
+from oauth3.verifier.phala import render
 from tests.fakes import short_socket_dir
 from tests.verifycli import pins_for
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = REPO_ROOT / "deploy" / "phala-app.yaml"
+
+
+def manifest_compose_hash() -> str:
+    """What `oauth3-phala render deploy/phala-app.yaml` prints: the stack measures that."""
+    return render(MANIFEST.read_bytes()).compose_hash.hex()
 
 
 def free_port() -> int:

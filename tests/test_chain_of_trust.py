@@ -23,11 +23,10 @@ import pytest
 from aiohttp import web
 
 from oauth3.attestation.dstack_os import release_for
-from oauth3.verifier.phala import render
 from tests.stack import (
-    MANIFEST,
     RunningStack,
     collateral,
+    manifest_compose_hash,
     observed_pins,
     policy,
     root,
@@ -44,10 +43,6 @@ ANOTHER_APP = hashlib.sha256(b"the app the operator claims to run").hexdigest()
 def honest() -> Iterator[RunningStack]:
     with running_stack() as started:
         yield started
-
-
-def compose_hash() -> str:
-    return render(MANIFEST.read_bytes()).compose_hash.hex()
 
 
 async def test_the_printed_positive_path_is_simulated_exit_0(honest: RunningStack) -> None:
@@ -86,7 +81,7 @@ async def test_events_the_app_emitted_after_boot_never_supply_the_compose_hash()
         args = [stack.base_url, *SIMULATED, *policy(stack), *collateral(stack)]
         code, report = await verify(args)
         assert code == 0, report
-        assert report["compose_hash"] == compose_hash()
+        assert report["compose_hash"] == manifest_compose_hash()
         events = step(report, "event_log")["details"]["app_events"]
         assert [e["event"] for e in events] == ["compose-hash", "app-id"]
         assert "never read as OS facts" in step(report, "event_log")["reason"]
@@ -115,7 +110,7 @@ def platform_flags(stack: RunningStack) -> list[str]:
 async def test_another_mrtd_fails_the_pinned_platform(honest: RunningStack) -> None:
     with running_stack(OAUTH3_SIM_ATTACKS="other-mrtd") as other:
         # the honest stack's app and platform pins; this stack's own mock root (it is dated)
-        pins = ["--expect-compose-hash", compose_hash(), *platform_flags(honest)]
+        pins = ["--expect-compose-hash", manifest_compose_hash(), *platform_flags(honest)]
         code, report = await verify(
             [other.base_url, *SIMULATED, *root(other), *collateral(other), *pins]
         )
@@ -163,7 +158,7 @@ async def test_write_policy_is_the_on_ramp(honest: RunningStack, tmp_path: Path)
     assert code == 3
     assert any("policy written" in note for note in report["notes"])
     text = written.read_text()
-    assert compose_hash() in text
+    assert manifest_compose_hash() in text
     assert "# mrseam = " in text  # optional pins offered, commented out
     code, report = await verify([*args, "--policy", str(written)])
     assert (code, report["verdict"]) == (0, "SIMULATED"), report

@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 from oauth3.runtime.envconfig import ConfigError
 from oauth3.runtime.serve import SocketInUseError, prepare_socket_path
 from oauth3.sidecar.__main__ import healthcheck
-from oauth3.sidecar.app import create_app
+from oauth3.sidecar.app import MAX_AGENT_RESPONSE_BYTES, create_app
 from oauth3.sidecar.settings import SidecarSettings, default_agent_socket
 from tests.fakes import FakeAgent, problem, serve_unix, short_socket_dir, unix_session
 
@@ -282,3 +282,22 @@ def test_settings_from_env(tmp_path: Path) -> None:
     ):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             SidecarSettings.from_env(bad)
+
+
+@pytest.mark.parametrize(
+    ("size", "status"), [(MAX_AGENT_RESPONSE_BYTES, 200), (MAX_AGENT_RESPONSE_BYTES + 1, 502)]
+)
+async def test_an_agent_answer_over_the_bound_is_refused_whole(
+    stack: Stack, size: int, status: int
+) -> None:
+    stack.agent.mode = f"bytes:{size}"
+    async with (
+        unix_session(stack.sock) as session,
+        session.post("http://s/Info", data=b"{}") as response,
+    ):
+        body = await response.read()
+    assert response.status == status
+    if status == 200:
+        assert body == b"x" * size  # relayed unchanged, not cut
+    else:
+        assert problem(body)["detail"] == "the guest agent's answer is too large"

@@ -14,11 +14,10 @@ import orjson
 import pytest
 from aiohttp import web
 
-from oauth3.verifier.phala import render
 from tests.stack import (
-    MANIFEST,
     RunningStack,
     collateral,
+    manifest_compose_hash,
     observed_pins,
     policy,
     root,
@@ -36,11 +35,6 @@ def stack() -> Iterator[RunningStack]:
         yield started
 
 
-def rendered_compose_hash() -> str:
-    """What `oauth3-phala render deploy/phala-app.yaml` prints: the stack measures that."""
-    return render(MANIFEST.read_bytes()).compose_hash.hex()
-
-
 async def test_full_check_with_mock_root_over_the_simulators_pccs(stack: RunningStack) -> None:
     code, report = await verify(
         [stack.base_url, *SIMULATED, *policy(stack), "--pccs", stack.pccs_url]
@@ -49,7 +43,7 @@ async def test_full_check_with_mock_root_over_the_simulators_pccs(stack: Running
     assert report["verdict"] == "SIMULATED"
     assert all(s["ok"] for s in report["steps"]), report["steps"]
     assert report["tcb_status"] == "UpToDate"
-    assert report["compose_hash"] == rendered_compose_hash()
+    assert report["compose_hash"] == manifest_compose_hash()
 
 
 def test_console_script_as_a_user_runs_it(stack: RunningStack) -> None:
@@ -79,7 +73,7 @@ async def test_expected_compose_hash(stack: RunningStack) -> None:
     assert not step(report, "compose")["ok"]
     pinned = [stack.base_url, *SIMULATED, *policy(stack), *collateral(stack)]
     assert (await verify(pinned))[0] == 0
-    code, report = await verify([*pinned, "--expect-compose-hash", rendered_compose_hash()])
+    code, report = await verify([*pinned, "--expect-compose-hash", manifest_compose_hash()])
     assert code == 2
     assert "pinned both" in report["error"]
 

@@ -21,6 +21,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from oauth3.runtime.bodies import read_capped
 from oauth3.runtime.metrics import AGENT_BUCKETS, REQUEST_BUCKETS, SIDECAR_PREFIX, RequestFigures
 
 MAX_SIDECAR_METRICS_BYTES = 1 << 20
@@ -149,18 +150,6 @@ def checked_sidecar_text(body: bytes) -> bytes | None:
     return body if body.endswith(b"\n") or not body else body + b"\n"
 
 
-async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The whole body, or its first `limit` bytes when longer (read(n) may return less)."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_chunked(1 << 16):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size >= limit:
-            break
-    return b"".join(chunks)[:limit]
-
-
 class ServiceScraper:
     """Renders the service's figures followed by the sidecar's, fetched over its socket."""
 
@@ -185,7 +174,7 @@ class ServiceScraper:
         try:
             async with asyncio.timeout(self._timeout):
                 async with self._session.get("http://sidecar/metrics") as response:
-                    body = await _read_capped(response, MAX_SIDECAR_METRICS_BYTES + 1)
+                    body = await read_capped(response, MAX_SIDECAR_METRICS_BYTES + 1)
                     status = response.status
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             log.warning("sidecar_metrics_unavailable", detail=str(exc) or type(exc).__name__)

@@ -26,6 +26,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from oauth3.runtime.bodies import read_capped
 from oauth3.runtime.httpmw import (
     AGENT_MS_HEADER,
     QUEUE_MS_HEADER,
@@ -117,18 +118,6 @@ def validate_quote_request(body: bytes) -> bytes:
     return orjson.dumps({"report_data": digits.lower()})
 
 
-async def _read_capped(answer: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The whole body (ClientPayloadError if the agent hangs up early), or limit + 1 bytes."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in answer.content.iter_chunked(1 << 16):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            break
-    return b"".join(chunks)
-
-
 async def _forward(request: web.Request, method: str, body: bytes, limit_s: float) -> web.Response:
     """POST `body` to the agent's `/method` and relay its answer unchanged."""
     headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request[REQUEST_ID]}
@@ -139,7 +128,7 @@ async def _forward(request: web.Request, method: str, body: bytes, limit_s: floa
             async with request.app[AGENT].post(
                 f"http://dstack/{method}", data=body, headers=headers, allow_redirects=False
             ) as answer:
-                payload = await _read_capped(answer, MAX_AGENT_RESPONSE_BYTES)
+                payload = await read_capped(answer, MAX_AGENT_RESPONSE_BYTES + 1)
                 status = answer.status
                 content_type = answer.headers.get("Content-Type", "application/json")
     except TimeoutError:
