@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,17 @@ class AgentQuote:
     vm_config: str
     queue_ms: float | None = None
     agent_ms: float | None = None
+
+    def attestation_members(self, layout: str, report_data: bytes) -> dict[str, Any]:
+        """The /attestation members every layout carries (contract 3), quote and log included."""
+        return {
+            "layout": layout,
+            "quote": base64.b64encode(self.quote).decode(),
+            "eventLog": self.event_log,
+            "reportData": report_data.hex(),
+            "vmConfig": self.vm_config,
+            "generatedAt": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        }
 
 
 def _float_header(headers: Any, name: str) -> float | None:

@@ -11,11 +11,9 @@ and in how long it may wait for its quote (beyond it: 504).
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import orjson
 
@@ -60,17 +58,7 @@ class _Batch:
 
 def shared_body(answer: AgentQuote, report_data: bytes) -> bytes:
     """The part of a v2 /attestation body every client of a batch shares (no closing brace)."""
-    document = orjson.dumps(
-        {
-            "layout": LAYOUT_V2,
-            "quote": base64.b64encode(answer.quote).decode(),
-            "eventLog": answer.event_log,
-            "reportData": report_data.hex(),
-            "vmConfig": answer.vm_config,
-            "generatedAt": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        }
-    )
-    return document[:-1]
+    return orjson.dumps(answer.attestation_members(LAYOUT_V2, report_data))[:-1]
 
 
 @dataclass(slots=True)

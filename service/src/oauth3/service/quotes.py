@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import orjson
 import structlog
@@ -59,18 +57,10 @@ def check_binding(answer: AgentQuote, expected: bytes) -> None:
 
 
 def attestation_body(answer: AgentQuote, report_data: bytes, nonce: bytes | None) -> bytes:
-    """The /attestation JSON (contract 3), serialised once per quote."""
-    return orjson.dumps(
-        {
-            "layout": LAYOUT,
-            "quote": base64.b64encode(answer.quote).decode(),
-            "eventLog": answer.event_log,
-            "reportData": report_data.hex(),
-            "nonce": nonce.hex() if nonce is not None else None,
-            "vmConfig": answer.vm_config,
-            "generatedAt": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        }
-    )
+    """The oauth3/v1 /attestation JSON (contract 3), serialised once per quote."""
+    members = answer.attestation_members(LAYOUT, report_data)
+    members["nonce"] = nonce.hex() if nonce is not None else None
+    return orjson.dumps(members)
 
 
 class QuoteProvider:
