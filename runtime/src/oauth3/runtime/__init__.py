@@ -1,5 +1,6 @@
 """The small runtime the servers share (service, sidecar, simulator): JSON logs, the request
-middleware, serving on sockets, problem+json, configuration from the environment, metrics.
+bookkeeping around each handler, serving on sockets, problem+json, configuration from the
+environment, metrics.
 
 Imports nothing else of oauth3; the verifier, installable alone by a client, does not need it.
 """

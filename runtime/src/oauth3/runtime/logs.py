@@ -27,7 +27,7 @@ _PLAIN = (str, int, float, bool, type(None))
 _JSON_LINE = orjson.OPT_APPEND_NEWLINE
 _OPEN_BRACKET = ord("[")
 _buffer: LineBuffer | None = None
-# the request being handled, for every line logged while it is (set by the request middleware)
+# the request being handled, for every line logged while it is (set by the request bookkeeping)
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "oauth3_request_id", default=None
 )
