@@ -41,14 +41,11 @@ ROLES = {
     "service": ("oauth3-service",),
     "simulator": ("oauth3-simulator",),
 }
-# what each image is made of: its timestamp is the last commit that changed one of these, so an
-# image changes only when its own inputs do (a README edit rebuilds nothing)
+# what each image is made of: its timestamp is the last commit that changed one of these, the
+# folders of our distributions in its closure or what it holds besides them, so an image changes
+# only when its own inputs do (a README edit rebuilds nothing)
 COMMON_INPUTS = ("requirements.lock", "deploy/Dockerfile", "deploy/context.py")
-ROLE_INPUTS = {
-    "sidecar": ("sidecar", "runtime"),
-    "service": ("service", "runtime", "attestation"),
-    "simulator": ("simulator", "runtime", "attestation", "deploy/phala-app.yaml"),
-}
+EXTRA_INPUTS = {"simulator": ("deploy/phala-app.yaml", "verifier")}  # the manifest, rendered
 OURS = {
     "oauth3-attestation": "attestation",
     "oauth3-runtime": "runtime",
@@ -236,7 +233,15 @@ def main() -> None:
         )  # fmt: skip
         shutil.copy2(tree / "deploy" / "Dockerfile", out / "Dockerfile")
     epochs = {
-        role: last_change(commit, [*COMMON_INPUTS, *inputs]) for role, inputs in ROLE_INPUTS.items()
+        role: last_change(
+            commit,
+            [
+                *COMMON_INPUTS,
+                *sorted(OURS[n] for n in names if n in OURS),
+                *EXTRA_INPUTS.get(role, ()),
+            ],
+        )
+        for role, names in needs.items()
     }
     for role, epoch in epochs.items():
         (out / "epochs" / role).write_text(epoch + "\n")
