@@ -9,7 +9,7 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from oauth3.attestation import (
     report_data_for,
 )
 from oauth3.simulator.mockdcap import MockDcap, MockDcapOptions, create_pccs_app
-from oauth3.simulator.quote import build_quote, td_report_body
+from oauth3.simulator.quote import QuoteSigner, build_quote, td_report_body
 from tests.verifycli import pins_for, step, verify, verify_text
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
@@ -72,6 +72,7 @@ class FakeService:
     events: list[Event] = field(default_factory=event_log)
     mr_config_compose: bytes | None = COMPOSE_HASH
     served: list[dict[str, Any]] = field(default_factory=list)
+    signer: QuoteSigner | None = None  # who signs its quotes (default: the mock DCAP's QE)
 
     def attestation(self, nonce: bytes | None) -> dict[str, Any]:
         report_data = report_data_for(info_digest(INFO), nonce)
@@ -85,7 +86,7 @@ class FakeService:
             report_data=report_data,
         )
         return {
-            "quote": base64.b64encode(build_quote(body, self.dcap.signer)).decode(),
+            "quote": base64.b64encode(build_quote(body, self.signer or self.dcap.signer)).decode(),
             "eventLog": dump_event_log(self.events),
             "reportData": report_data.hex(),
             "nonce": nonce.hex() if nonce is not None else None,
@@ -197,6 +198,31 @@ async def test_allow_simulated_without_root_ca_still_fails_hardware(stack: Stack
         [stack.url, "--allow-simulated", "--collateral", str(stack.collateral)]
     )
     assert code == 11
+    assert step(doc, "hardware")["details"]["root"] == "Intel SGX Root CA"
+
+
+async def test_a_root_appended_to_the_chain_is_never_what_gets_pinned(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    """The PCK chain inside a quote is not signed: the host appends its own self-signed root.
+    Verified with --root-ca, the verdict and --write-policy must name the root that vouched,
+    or the next run would accept whatever that host signs with its own PKI."""
+    honest, attacker = mock_dcap(), MockDcap("the host's own PKI", datetime.now(UTC))
+    signer = honest.signer
+    appended = replace(signer, pck_chain_pem=signer.pck_chain_pem + attacker.root_ca_pem.encode())
+    first = await start_stack(aiohttp_server, tmp_path, FakeService(honest, signer=appended))
+    written = tmp_path / "policy.toml"
+    code, doc = await verify(first.simulated_args("--write-policy", str(written)))
+    assert (code, doc["verdict"]) == (0, "SIMULATED"), doc
+    assert doc["root_ca_sha256"] == hashlib.sha256(honest.root_ca_der).hexdigest()
+    text = written.read_text()
+    assert hashlib.sha256(honest.root_ca_der).hexdigest() in text
+    assert hashlib.sha256(attacker.root_ca_der).hexdigest() not in text
+
+    forged = await start_stack(aiohttp_server, tmp_path / "forged", FakeService(attacker))
+    args = [forged.url, "--allow-simulated", "--policy", str(written)]
+    code, doc = await verify([*args, "--collateral", str(forged.collateral)])
+    assert (code, doc["verdict"]) == (11, "FAILED"), doc
     assert step(doc, "hardware")["details"]["root"] == "Intel SGX Root CA"
 
 

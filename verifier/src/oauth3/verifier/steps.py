@@ -240,6 +240,7 @@ class _State:
     quote: Quote | None = None
     chain: ChainFacts | None = None
     report: dcap_qvl.VerifiedReport | None = None
+    verified_root: bytes | None = None  # SHA-256 of the root DCAP checked the quote against
     simulated: bool = False
     log: LogReading | None = None
 
@@ -274,7 +275,7 @@ def _check_simulated(state: _State, options: VerifyOptions) -> StepResult:
     state.simulated = simulated
     details = {
         "chain": list(chain.subjects),
-        "root_sha256": chain.last_sha256.hex(),
+        "last_certificate_sha256": chain.last_sha256.hex(),  # the quote's word, unsigned
         "intel_root": chain.intel_rooted,
         "names_simulator": chain.names_simulator,
     }
@@ -335,6 +336,11 @@ def _check_hardware(
             f"DCAP verification failed at {details['at']}: {reason}{hint}", details
         ) from None
     state.report = report
+    # the root that vouched, never the chain's last certificate: the chain is not signed, and
+    # anything may be appended to it
+    state.verified_root = (
+        hashlib.sha256(pinned[0]).digest() if pinned is not None else INTEL_ROOT_CA_SHA256
+    )
     status = str(report.status)
     advisories = [str(a) for a in report.advisory_ids]
     details.update({"status": status, "advisory_ids": advisories})
@@ -737,7 +743,7 @@ def verify_evidence(
             if state.quote is not None
             else {}
         ),
-        root_ca_sha256=state.chain.last_sha256 if state.chain is not None else None,
+        root_ca_sha256=state.verified_root,
         evidence=_evidence_facts(evidence),
         collateral=(
             collateral_identity(evidence.quote, collateral) if collateral is not None else None

@@ -155,7 +155,7 @@ class Verdict:
     tcb_status: str | None = None
     advisory_ids: tuple[str, ...] = ()
     measurements: dict[str, str] = field(default_factory=dict)
-    root_ca_sha256: bytes | None = None
+    root_ca_sha256: bytes | None = None  # the root DCAP verified against (None: not checked)
     evidence: dict[str, Any] = field(default_factory=dict)
     collateral: dict[str, Any] | None = None
 
