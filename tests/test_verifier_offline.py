@@ -303,6 +303,24 @@ def test_usage_errors_exit_2_with_one_line(
     assert err.startswith("oauth3-verify")
 
 
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_is_no_verification_and_exits_2(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    out = io.StringIO()
+    assert run([flag], out) == 2  # a URL argument that is really "--help" never reads as yes
+    assert "exit codes: 0 VERIFIED" in capsys.readouterr().out
+    assert run(["https://x.example", flag, "--json"], out := io.StringIO()) == 2
+    assert json.loads(out.getvalue()) == {"verdict": "ERROR", "exit_code": 2}
+    assert "usage: oauth3-verify" in capsys.readouterr().err  # stdout holds only the JSON
+
+
+@pytest.mark.parametrize("injected", ["--he", "--allow-sim", "--skip"])
+def test_options_are_never_abbreviated(injected: str, capsys: pytest.CaptureFixture[str]) -> None:
+    out = io.StringIO()
+    assert run([injected, "--json"], out) == 2
+    assert json.loads(out.getvalue())["verdict"] == "ERROR"
+    assert f"unrecognized arguments: {injected}" in capsys.readouterr().err
+
+
 def test_malformed_collateral_is_an_io_error(
     vectors: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

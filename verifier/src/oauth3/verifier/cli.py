@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from oauth3.attestation import AttestationError, load_evidence, parse_nonce
 from oauth3.attestation.tcb import TCB_STATUSES
@@ -54,6 +54,9 @@ from .verdict import (
     rfc3339,
 )
 
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
+
 PROG = "oauth3-verify"
 # written as commented-out suggestions: they tie a policy to one TDX module and TD shape
 OPTIONAL_OBSERVED = ("mrseam", "xfam", "td_attributes")
@@ -71,7 +74,8 @@ EPILOG = (
     f"exit codes: 0 VERIFIED or SIMULATED; {EXIT_UNPINNED} UNPINNED; {EXIT_PARTIAL} PARTIAL; "
     f"{EXIT_NOT_FRESH} NOT_FRESH; "
     + ", ".join(f"{code} {name}" for name, code in sorted(EXIT_CODES.items(), key=lambda i: i[1]))
-    + f"; {EXIT_USAGE} usage, I/O or network error. See the README, 'What VERIFIED means'."
+    + f"; {EXIT_USAGE} usage, I/O or network error, and --help (only a verification exits 0). "
+    "Put -- before a URL you did not write yourself. See the README, 'What VERIFIED means'."
 )
 
 
@@ -83,15 +87,31 @@ def _usage(message: str) -> NoReturn:
     raise UsageError(message)
 
 
+class HelpShown(Exception):
+    """--help printed the usage: exit 2, since only a verification may exit 0 (a URL argument
+    that turns out to be `--help` must not read as a success)."""
+
+
 class _Parser(OneLineParser):
+    json_mode = False
+
     def error(self, message: str) -> NoReturn:
         """Argument errors become UsageError so --json can still answer in JSON."""
         _usage(f"error: {message}")
 
+    def print_help(self, file: SupportsWrite[str] | None = None) -> None:
+        """The usage, on stderr under --json: stdout then holds only the JSON answer."""
+        super().print_help(sys.stderr if self.json_mode else file)
 
-def _parser() -> _Parser:
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        """argparse exits only after --help here (errors go through error())."""
+        raise HelpShown
+
+
+def _parser(*, json_mode: bool = False) -> _Parser:
     parser = _Parser(
         prog=PROG,
+        allow_abbrev=False,  # `--he` is no --help, `--allow` no --allow-simulated
         description="Verify that an oauth3 service runs this code on genuine Intel TDX hardware.",
         epilog=EPILOG,
     )
@@ -182,6 +202,7 @@ def _parser() -> _Parser:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS")
+    parser.json_mode = json_mode
     return parser
 
 
@@ -345,8 +366,8 @@ def _report(
     return verdict.exit_code
 
 
-def _run(argv: list[str] | None, out: TextIO) -> int:
-    args = _parser().parse_args(argv)
+def _run(argv: list[str] | None, out: TextIO, as_json: bool) -> int:
+    args = _parser(json_mode=as_json).parse_args(argv)
     _check_usage(args)
     options = _options(args)
     collateral = load_collateral(read_input(args.collateral)) if args.collateral else None
@@ -442,9 +463,11 @@ def run(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     stream = out if out is not None else sys.stdout
     as_json = "--json" in (argv if argv is not None else sys.argv[1:])
     try:
-        return _run(argv, stream)
-    except SystemExit as exc:  # --help and --version
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+        return _run(argv, stream, as_json)
+    except HelpShown:
+        if as_json:
+            stream.write(json_text({"verdict": "ERROR", "exit_code": EXIT_USAGE}) + "\n")
+        return EXIT_USAGE
     except (
         UsageError,
         BundleError,
