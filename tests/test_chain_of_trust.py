@@ -22,7 +22,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from oauth3.attestation.dstack_os import release_for
+from oauth3.attestation.dstack_os import os_releases, release_for
 from tests.stack import (
     RunningStack,
     collateral,
@@ -119,7 +119,7 @@ async def test_another_mrtd_fails_the_pinned_platform(honest: RunningStack) -> N
     assert step(report, "compose")["ok"] is True
 
 
-async def test_a_dev_os_is_refused_even_when_its_registers_are_pinned() -> None:
+async def test_a_dev_os_the_host_names_is_refused_even_when_its_registers_are_pinned() -> None:
     with running_stack(OAUTH3_SIM_ATTACKS="dev-os") as dev:
         assert not dev.paths.policy.exists()  # make run's own check refused it too
         args = [dev.base_url, *SIMULATED, *observed_pins(dev), *collateral(dev)]
@@ -133,6 +133,40 @@ async def test_a_dev_os_is_refused_even_when_its_registers_are_pinned() -> None:
         assert os_facts["image"] == release.image
         code, report = await verify([*args, "--allow-dev-os"])
     assert code == 0, report
+
+
+async def test_an_unmeasured_os_is_never_called_production_on_the_hosts_word(
+    tmp_path: Path,
+) -> None:
+    """Without a KMS the OS measures no os-image-hash: only the host's vmConfig names it, and the
+    host can blank or rewrite it. The verifier then says the RTMR0-2 pins decide, and never
+    that the image is a production one; --write-policy says to check those registers."""
+    production = next(r for r in os_releases().values() if not r.dev)
+    with running_stack(OAUTH3_SIM_ATTACKS="dev-os") as dev:
+
+        async def claim_production(request: web.Request) -> web.Response:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"{dev.base_url}{request.path_qs}") as upstream,
+            ):
+                body = await upstream.read()
+            if request.path == "/attestation":
+                doc = orjson.loads(body)
+                doc["vmConfig"] = json.dumps({"os_image_hash": production.os_image_hash.hex()})
+                body = orjson.dumps(doc)
+            return web.Response(body=body, content_type="application/json")
+
+        written = tmp_path / "policy.toml"
+        args = [*SIMULATED, *observed_pins(dev), *collateral(dev), "--write-policy", str(written)]
+        async with serving(claim_production) as url:
+            code, report = await verify([url, *args])
+    platform = step(report, "platform")
+    assert platform["details"]["os"]["measured"] is False
+    assert platform["details"]["os"]["named_from"] == "host-supplied vm_config"
+    assert "not measured" in platform["reason"]
+    assert "rests on the RTMR0-2 pins" in platform["reason"]
+    assert any("the OS image was not measured" in note for note in report["notes"])
+    assert code == 0, report  # the pins are what the relying party vouched for, dev or not
 
 
 # 3. success without expectations -----------------------------------------------------------

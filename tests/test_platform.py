@@ -34,6 +34,20 @@ def test_the_measured_os_image_hash_wins_and_a_contradicting_claim_fails() -> No
         identify_os(measured, {"os_image_hash": a_dev_release().os_image_hash.hex()})
 
 
+def test_only_a_measured_os_is_named_without_a_caveat() -> None:
+    production = production_release_hash()
+    measured = identify_os(production, None)
+    assert measured.measured
+    assert "rests on" not in measured.describe()
+    claimed = identify_os(None, {"os_image_hash": production.hex()})
+    assert not claimed.measured
+    assert claimed.describe().endswith(
+        "(host-supplied vm_config, not measured); "
+        "which image booted, dev or production, rests on the RTMR0-2 pins"
+    )
+    assert "rests on the RTMR0-2 pins" in identify_os(None, None).describe()
+
+
 def test_a_claimed_dev_image_is_refused_unless_allowed() -> None:
     claimed = identify_os(None, {"os_image_hash": a_dev_release().os_image_hash.hex()})
     assert claimed.named_from == "host-supplied vm_config"

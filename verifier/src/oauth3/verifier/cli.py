@@ -49,6 +49,7 @@ from .verdict import (
     EXIT_PARTIAL,
     EXIT_UNPINNED,
     EXIT_USAGE,
+    Step,
     Verdict,
     VerdictName,
     rfc3339,
@@ -352,7 +353,15 @@ def _write_policy(path: str, verdict: Verdict, options: VerifyOptions, subject: 
         write_atomically(Path(path), text.encode())
     except OSError as exc:
         _usage(f"cannot write {path}: {exc.strerror or exc}")
-    return f"policy written to {path}: review every value out of band, then use --policy {path}"
+    written = f"policy written to {path}: review every value out of band, then use --policy {path}"
+    platform = next((s for s in verdict.steps if s.name == Step.PLATFORM), None)
+    if platform is not None and not platform.details.get("os", {}).get("measured", True):
+        # the only name this OS has is the host's: the pinned registers may be a dev image's
+        written += (
+            "; the OS image was not measured (no KMS), so compare RTMR0-2 with the release "
+            "you expect (dstack-mr) before relying on them"
+        )
+    return written
 
 
 def _report(

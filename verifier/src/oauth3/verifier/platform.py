@@ -44,6 +44,12 @@ def parse_vm_config(text: str | None) -> dict[str, Any] | None:
     return document if isinstance(document, dict) else None
 
 
+MEASURED = "measured in RTMR3"
+# without a measured os-image-hash (dstack without a KMS) the host's vm_config is all that names
+# the OS, so it cannot decide anything: the RTMR0-2 pins (kernel, initrd, command line) do
+UNMEASURED = "which image booted, dev or production, rests on the RTMR0-2 pins"
+
+
 @dataclass(frozen=True, slots=True)
 class OsIdentity:
     """Which OS image the evidence names, from where, and what the table says of it."""
@@ -52,16 +58,23 @@ class OsIdentity:
     named_from: str
     release: OsRelease | None
 
+    @property
+    def measured(self) -> bool:
+        """True when the OS measured its own image hash into RTMR3 (dstack with a KMS)."""
+        return self.named_from == MEASURED
+
     def describe(self) -> str:
-        """One phrase: the OS and where its name came from."""
+        """One phrase: the OS and where its name came from. Unmeasured, a name is the host's
+        word: whether a dev or a production image booted then rests on RTMR0-2 alone."""
         if self.os_image_hash is None:
-            return "no os_image_hash in the evidence"
+            return f"not measured and not named; {UNMEASURED}"
         short = self.os_image_hash.hex()[:16] + "…"
+        where = self.named_from if self.measured else f"{self.named_from}, not measured"
         if self.release is None:
-            return (
-                f"os_image_hash {short} ({self.named_from}) is not in the table of dstack releases"
-            )
-        return f"{self.release.label} by os_image_hash {short} ({self.named_from})"
+            named = f"os_image_hash {short} ({where}) is not in the table of dstack releases"
+        else:
+            named = f"{self.release.label} by os_image_hash {short} ({where})"
+        return named if self.measured else f"{named}; {UNMEASURED}"
 
     def as_json(self) -> dict[str, Any]:
         """Machine-readable form for step details."""
@@ -69,6 +82,7 @@ class OsIdentity:
         return {
             "os_image_hash": self.os_image_hash.hex() if self.os_image_hash else None,
             "named_from": self.named_from,
+            "measured": self.measured,
             "image": release.image if release else None,
             "version": release.version if release else None,
             "dev": release.dev if release else None,
@@ -97,7 +111,7 @@ def identify_os(measured_hash: bytes | None, vm_config: Mapping[str, Any] | None
             f"{measured_hash.hex()[:16]}… into RTMR3: the host describes an OS it did not boot"
         )
     if measured_hash is not None:
-        return OsIdentity(measured_hash, "measured in RTMR3", release_for(measured_hash))
+        return OsIdentity(measured_hash, MEASURED, release_for(measured_hash))
     if claimed is not None:
         return OsIdentity(claimed, "host-supplied vm_config", release_for(claimed))
     return OsIdentity(None, "nowhere", None)
