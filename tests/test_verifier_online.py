@@ -29,7 +29,12 @@ from oauth3.attestation import (
     replay_rtmrs,
     report_data_for,
 )
-from oauth3.simulator.mockdcap import MockDcap, MockDcapOptions, create_pccs_app
+from oauth3.simulator.mockdcap import (
+    TCB_EVALUATION_DATA_NUMBER,
+    MockDcap,
+    MockDcapOptions,
+    create_pccs_app,
+)
 from oauth3.simulator.quote import QuoteSigner, build_quote, td_report_body
 from tests.verifycli import pins_for, step, verify, verify_text
 
@@ -381,6 +386,24 @@ async def test_tcb_policy_widened_explicitly(
         accept = [f"--allow-advisory={a}" for a in advisories]
         code, doc = await verify(stack.simulated_args("--allow-tcb", status, *accept))
     assert code == 0
+
+
+async def test_the_minimum_tcb_evaluation_covers_the_qe_identity_too(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    """TCB info from the current round, QE identity (still within its nextUpdate) from an older
+    one: a minimum evaluation number refuses the collateral as a whole."""
+    options = MockDcapOptions(qe_identity_evaluation=TCB_EVALUATION_DATA_NUMBER - 1)
+    stack = await start_stack(aiohttp_server, tmp_path, FakeService(mock_dcap(options)))
+    current = str(TCB_EVALUATION_DATA_NUMBER)
+    code, doc = await verify(stack.simulated_args("--min-tcb-evaluation", current))
+    assert code == 12, doc
+    assert step(doc, "hardware")["ok"] is True
+    reason = step(doc, "tcb_policy")["reason"]
+    assert f"QE identity comes from TCB evaluation {TCB_EVALUATION_DATA_NUMBER - 1}" in reason
+    lower = str(TCB_EVALUATION_DATA_NUMBER - 1)
+    code, doc = await verify(stack.simulated_args("--min-tcb-evaluation", lower))
+    assert code == 0, doc
 
 
 async def test_skip_dcap_with_simulator_is_partial_never_zero(stack: Stack) -> None:

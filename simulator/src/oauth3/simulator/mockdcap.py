@@ -66,6 +66,7 @@ class MockDcapOptions:
     revoked_pck: bool = False
     validity: timedelta = timedelta(days=30)
     fmspc: bytes = DEFAULT_FMSPC
+    qe_identity_evaluation: int = TCB_EVALUATION_DATA_NUMBER  # a QE identity from another round
 
     def __post_init__(self) -> None:
         if self.tcb_status not in TCB_STATUSES:
@@ -423,7 +424,7 @@ class MockDcap:
             "version": 2,
             "issueDate": _timestamp(self.not_before),
             "nextUpdate": _timestamp(self.not_after),
-            "tcbEvaluationDataNumber": TCB_EVALUATION_DATA_NUMBER,
+            "tcbEvaluationDataNumber": self.options.qe_identity_evaluation,
             "miscselect": "00000000",
             "miscselectMask": "FFFFFFFF",
             "attributes": QE_ATTRIBUTES.hex().upper(),

@@ -380,12 +380,14 @@ def _check_tcb_policy(
     advisories = sorted(str(a) for a in state.report.advisory_ids)
     refused = [a for a in advisories if a not in policy.allowed_advisories]
     evaluation = evaluation_number(collateral.tcb_info) if collateral is not None else None
+    qe_evaluation = evaluation_number(collateral.qe_identity) if collateral is not None else None
     details = {
         "status": status,
         "allowed": allowed,
         "advisory_ids": advisories,
         "allowed_advisories": sorted(policy.allowed_advisories),
         "tcb_evaluation_data_number": evaluation,
+        "qe_identity_tcb_evaluation_data_number": qe_evaluation,
         "min_tcb_evaluation": policy.min_tcb_evaluation,
     }
     if status not in policy.allowed_tcb:
@@ -401,12 +403,14 @@ def _check_tcb_policy(
             details,
         )
     minimum = policy.min_tcb_evaluation
-    if minimum is not None and (evaluation is None or evaluation < minimum):
-        raise fail(
-            f"the collateral comes from TCB evaluation {evaluation}, older than the minimum "
-            f"{minimum} you set: fetch current collateral (--pccs)",
-            details,
-        )
+    # both signed documents: an old QE identity would accept a QE an Intel recovery retired
+    for document, number in (("TCB info", evaluation), ("QE identity", qe_evaluation)):
+        if minimum is not None and (number is None or number < minimum):
+            raise fail(
+                f"the collateral's {document} comes from TCB evaluation {number}, older than "
+                f"the minimum {minimum} you set: fetch current collateral (--pccs)",
+                details,
+            )
     listed = f", advisories {', '.join(advisories)} accepted" if advisories else ", no advisories"
     return StepResult(
         Step.TCB_POLICY, Outcome.PASS, f"TCB status {status} is allowed{listed}", details
