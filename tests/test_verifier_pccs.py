@@ -8,6 +8,7 @@ import io
 import json
 import urllib.parse
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,9 @@ from aiohttp.test_utils import TestServer, unused_port
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from oauth3.simulator.mockdcap import MockDcap
 from oauth3.verifier.cli import run
-from oauth3.verifier.collateral import CollateralError, fetch_collateral
+from oauth3.verifier.collateral import CollateralError, _crl_der, fetch_collateral
 from tests.verifycli import step
 
 REPORT = "dstack-head/verifier-fixtures/quote-report.json"
@@ -198,3 +200,13 @@ async def test_fetch_rejects_unsigned_tcb_body(
     async with aiohttp.ClientSession() as session:
         with pytest.raises(CollateralError, match="not a signed tcbInfo"):
             await fetch_collateral(session, str(server.make_url("/")), _quote(vectors))
+
+
+def test_a_der_crl_that_ends_in_a_whitespace_byte_is_kept_whole() -> None:
+    """About one mock CRL in a hundred ends in 0x09-0x0d or 0x20 (its signature's last byte);
+    a PCCS answering DER must get those bytes through untouched."""
+    moments = (datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=s) for s in range(2000))
+    crls = (MockDcap("whitespace", moment).pck_crl_der for moment in moments)
+    der = next(crl for crl in crls if crl[-1:].isspace())
+    assert _crl_der(der, "PCK CRL") == der
+    assert _crl_der(der.hex().encode() + b"\n", "PCK CRL") == der

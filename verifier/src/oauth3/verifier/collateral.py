@@ -93,11 +93,11 @@ async def _get(session: aiohttp.ClientSession, url: str) -> tuple[aiohttp.Client
 
 def _crl_der(body: bytes, what: str) -> bytes:
     """A CRL as DER, whether the PCCS sent DER, PEM or hex text (PCCS root CA CRLs are hex)."""
+    if body[:1] == b"\x30":  # DER is binary: its last bytes may well look like whitespace
+        return bytes(body)
     stripped = body.strip()
     if stripped.startswith(b"-----BEGIN"):
         return x509.load_pem_x509_crl(stripped).public_bytes(Encoding.DER)
-    if stripped[:1] == b"\x30":
-        return bytes(stripped)
     try:
         return bytes.fromhex(stripped.decode("ascii"))
     except (UnicodeDecodeError, ValueError):
