@@ -117,3 +117,20 @@ def test_usage_errors_are_one_line_and_exit_2(
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("content", ['"not json"', "[1, 2]", "{broken"])
+def test_a_vm_config_file_that_is_not_an_object_is_refused_in_one_line(
+    content: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "vm.json").write_text(content)
+    (tmp_path / "log.json").write_text("[]")
+    args = ["--vm-config", str(tmp_path / "vm.json"), "--event-log", str(tmp_path / "log.json")]
+    try:
+        code = run(args, io.StringIO())
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    assert code in (2, EXIT_CANNOT_COMPUTE)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "Traceback" not in err

@@ -15,7 +15,7 @@ import pytest
 
 from oauth3.attestation import parse_event_log
 from oauth3.verifier.cli import observed_policy, run
-from oauth3.verifier.policy import Policy, render_policy
+from oauth3.verifier.policy import Policy, PolicyError, parse_policy, render_policy
 from oauth3.verifier.steps import Evidence, VerifyOptions, verify_evidence
 from tests.verifycli import platform_flags, step
 
@@ -236,3 +236,49 @@ def test_write_policy_pins_the_recomputed_release(vectors: Path) -> None:
     assert observed.os_image_hashes == {bytes.fromhex(RELEASE)}
     assert observed.platforms == ()
     assert f'image_hashes = [\n  "{RELEASE}",\n]' in render_policy(observed, "test")
+
+
+def test_the_policy_reads_release_and_acpi_pins(tmp_path: Path) -> None:
+    text = (
+        "format = 1\n[os]\n"
+        f'image_hashes = ["{RELEASE}"]\n'
+        f'acpi_loader_sha384 = "{"11" * 48}"\n'
+        f'acpi_rsdp_sha384 = "{"22" * 48}"\n'
+        f'acpi_tables_sha384 = "{"33" * 48}"\n'
+    )
+    policy = parse_policy(text, "test")
+    assert policy.os_image_hashes == {bytes.fromhex(RELEASE)}
+    assert policy.acpi_digests == {
+        "loader": bytes([0x11]) * 48,
+        "rsdp": bytes([0x22]) * 48,
+        "tables": bytes([0x33]) * 48,
+    }
+    assert parse_policy(render_policy(policy, "test"), "again").acpi_digests == policy.acpi_digests
+
+
+@pytest.mark.parametrize(
+    ("os_table", "reason"),
+    [
+        ('image_hashes = ["00"]', "32 bytes"),
+        ('image_hashes = "x"', "must be a list"),
+        (f'acpi_loader_sha384 = "{"11" * 48}"', "1 of the 3 ACPI digests"),
+        (
+            'acpi_loader_sha384 = "11"\nacpi_rsdp_sha384 = "11"\nacpi_tables_sha384 = "11"',
+            "48 bytes",
+        ),
+    ],
+)
+def test_malformed_release_pins_are_policy_errors(os_table: str, reason: str) -> None:
+    with pytest.raises(PolicyError, match=reason):
+        parse_policy(f"format = 1\n[os]\n{os_table}\n", "test")
+
+
+def test_a_release_pin_given_twice_is_an_error(vectors: Path, tmp_path: Path) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'format = 1\n[os]\nimage_hashes = ["{RELEASE}"]\n')
+    out = io.StringIO()
+    code = run(
+        ["--dstack-quote", str(vectors / LITE), "--policy", str(policy), *PINS, "--json"], out
+    )
+    assert code == 2
+    assert json.loads(out.getvalue())["verdict"] == "ERROR"

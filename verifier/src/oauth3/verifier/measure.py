@@ -123,8 +123,11 @@ def _from_vm_config(args: argparse.Namespace) -> Measured:
     if args.event_log is None:
         fail("oauth3-measure: error: --vm-config needs --event-log FILE (for the ACPI digests)")
     vm_config = _json_file(args.vm_config, "vm_config")
-    if isinstance(vm_config, str):
-        vm_config = orjson.loads(vm_config) if vm_config.startswith("{") else vm_config
+    if isinstance(vm_config, str):  # a vm_config as GetQuote carries it: JSON text in a string
+        try:
+            vm_config = orjson.loads(vm_config)
+        except orjson.JSONDecodeError:
+            fail(f"oauth3-measure: vm_config {args.vm_config} holds a string that is not JSON")
     log = read_input(args.event_log).decode("utf-8", "replace")
     return measure_lite(vm_config, log)
 
