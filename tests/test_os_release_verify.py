@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from oauth3.attestation import parse_event_log
-from oauth3.verifier.cli import observed_policy, run
+from oauth3.verifier.cli import run
+from oauth3.verifier.observed import observed_policy
 from oauth3.verifier.policy import Policy, PolicyError, parse_policy, render_policy
 from oauth3.verifier.steps import Evidence, VerifyOptions, verify_evidence
 from tests.verifycli import platform_flags, step
