@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from oauth3.attestation import parse_quote
+from oauth3.attestation import parse_event_log, parse_quote
 from oauth3.verifier.measure import EXIT_CANNOT_COMPUTE, run
 from oauth3.verifier.policy import parse_policy
 
@@ -134,3 +134,17 @@ def test_a_vm_config_file_that_is_not_an_object_is_refused_in_one_line(
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "Traceback" not in err
+
+
+def test_the_text_output_names_each_register_and_where_acpi_came_from(vectors: Path) -> None:
+    out = io.StringIO()
+    assert run(["--dstack-quote", str(vectors / LITE)], out) == 0
+    lines = dict(line.split(None, 1) for line in out.getvalue().splitlines())
+    report = parse_quote(bytes.fromhex(json.loads((vectors / LITE).read_text())["quote"])).report
+    assert lines["mrtd"] == report.mr_td.hex()
+    assert lines["rtmr0"] == report.rtmr[0].hex()
+    assert lines["acpi-tables"] == next(
+        e.digest.hex()
+        for e in parse_event_log(json.loads((vectors / LITE).read_text())["event_log"])
+        if e.event == "acpi-tables"
+    )

@@ -160,10 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def render_text(measured: Measured) -> str:
     """Human-readable: the four registers, then the facts they came from."""
-    lines = [f"{k:<14}{measured.registers[k].hex()}" for k in REGISTERS]
+    lines = [f"{k:<16}{measured.registers[k].hex()}" for k in REGISTERS]
     for key, value in measured.facts.items():
-        if key != "label":
-            lines.append(f"{key:<14}{value}")
+        if isinstance(value, Mapping):
+            lines += [
+                f"{k if k.startswith(key) else f'{key} {k}':<16}{v}" for k, v in value.items()
+            ]
+        elif key != "label":
+            lines.append(f"{key:<16}{value}")
     return "\n".join(lines) + "\n"
 
 
