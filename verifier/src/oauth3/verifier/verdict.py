@@ -81,8 +81,8 @@ EXIT_CODES: Mapping[StepName, int] = {
     Step.PLATFORM: 21,
 }
 GAP_VERDICTS: tuple[tuple[Outcome, VerdictName, int], ...] = (
-    (Outcome.SKIPPED, VerdictName.PARTIAL, EXIT_PARTIAL),
     (Outcome.UNPINNED, VerdictName.UNPINNED, EXIT_UNPINNED),
+    (Outcome.SKIPPED, VerdictName.PARTIAL, EXIT_PARTIAL),
     (Outcome.NOT_FRESH, VerdictName.NOT_FRESH, EXIT_NOT_FRESH),
 )
 VERDICT_MEANINGS: Mapping[VerdictName, str] = {
@@ -175,7 +175,7 @@ class Verdict:
 
     @property
     def verdict(self) -> VerdictName:
-        """FAILED, then PARTIAL, UNPINNED, NOT_FRESH (the first gap found, in that order),
+        """FAILED, then UNPINNED, PARTIAL, NOT_FRESH (the first gap found, in that order),
         then SIMULATED or VERIFIED."""
         return self._verdict_and_code()[0]
 
