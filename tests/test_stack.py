@@ -54,11 +54,14 @@ async def test_binding_through_real_processes(stack: RunningStack) -> None:
 async def test_official_sdk_through_the_sidecar(stack: RunningStack) -> None:
     client = AsyncDstackClient(str(stack.paths.sidecar_socket), timeout=10)
     async with client:
-        quote = await client.get_quote(b"\x01\x02sdk")
-        assert bytes.fromhex(quote.report_data) == b"\x01\x02sdk".ljust(64, b"\0")
-        assert parse_quote(quote.decode_quote()).report.report_data == b"\x01\x02sdk".ljust(
-            64, b"\0"
-        )
+        report_data = b"\x01\x02sdk".ljust(64, b"\xee")
+        quote = await client.get_quote(report_data)
+        assert bytes.fromhex(quote.report_data) == report_data
+        assert parse_quote(quote.decode_quote()).report.report_data == report_data
+        with pytest.raises(httpx.HTTPStatusError) as short:
+            await client.get_quote(b"\x01\x02sdk")  # the agent would zero-pad it
+        assert short.value.response.status_code == 400
+        assert "exactly 64 bytes" in short.value.response.json()["error"]
         info = await client.info()
         assert info.compose_hash
         refused = [
