@@ -11,15 +11,13 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, make_mocked_request
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
 from oauth3.attestation import parse_quote
 from oauth3.runtime.envconfig import ConfigError
 from oauth3.service import app as service_app
-from oauth3.service.app import create_app, query_pairs
+from oauth3.service.app import create_app
 from oauth3.service.settings import ServiceSettings, parse_build_info
 from tests.fakes import Harness, problem
 
@@ -314,13 +312,6 @@ async def test_service_turns_away_quotes_beyond_its_own_bound(
     details = {problem(await r.read())["detail"] for r in results if r.status == 503}
     assert details == {"quote queue is full"}
     assert harness.agent.quote_calls() == before + 2  # the 503s never reached the sidecar
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.text(alphabet="abnoce=&/%+;._~-2Z", max_size=40))
-def test_the_fast_query_split_agrees_with_yarl(query: str) -> None:
-    request = make_mocked_request("GET", f"/attestation?{query}")
-    assert query_pairs(request) == list(request.query.items())
 
 
 async def test_the_service_only_ever_asks_the_sidecar_for_64_bytes(
