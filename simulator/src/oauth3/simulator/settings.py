@@ -41,6 +41,7 @@ ENVIRONMENT = {
     "revoked_pck": "OAUTH3_SIM_REVOKED_PCK",
     "collateral_validity_s": "OAUTH3_SIM_COLLATERAL_VALIDITY_S",
     "runtime_events": "OAUTH3_SIM_RUNTIME_EVENTS",
+    "kms": "OAUTH3_SIM_KMS",
     "emit_event": "OAUTH3_SIM_EMIT_EVENTS",
     "attack": "OAUTH3_SIM_ATTACKS",
     "log_level": "OAUTH3_LOG_LEVEL",
@@ -166,6 +167,13 @@ def parser(prog: str, parser_class: type[argparse.ArgumentParser]) -> argparse.A
         help=f"RTMR3 digest format: 1 (OS 0.5) or 2 (JCS, OS 0.6) [{env['runtime_events']}]",
     )
     cli.add_argument(
+        "--kms",
+        action="store_const",
+        const="1",
+        help="boot with a simulated KMS, as Phala Cloud production does: os-image-hash, a KMS "
+        f"key-provider and a registered app id in RTMR3 [{env['kms']}=1]",
+    )
+    cli.add_argument(
         "--emit-event",
         metavar="NAME=HEX",
         action="append",
@@ -274,10 +282,14 @@ def _variant(args: argparse.Namespace, env: Mapping[str, str]) -> CvmVariant:
     version = _pick(args, env, "runtime_events")
     if version is not None and version[0] not in ("1", "2"):
         raise ConfigError(f"{version[1]} must be 1 or 2, got {version[0]!r}")
+    kms = _pick(args, env, "kms")
+    if kms is not None and kms[0] not in ("0", "1", "true", "false"):
+        raise ConfigError(f"{kms[1]} must be 1 or 0, got {kms[0]!r}")
     return CvmVariant(
         attacks=frozenset(attacks),
         emitted=tuple(emitted),
         runtime_event_version=2 if version is not None and version[0] == "2" else 1,
+        kms=kms is not None and kms[0] in ("1", "true"),
     )
 
 

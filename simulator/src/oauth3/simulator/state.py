@@ -2,8 +2,9 @@
 
 Everything is derived from (seed, app-compose bytes), so the quote, the event log and Info agree:
 RTMR0-3 replay from the log, the compose-hash event is SHA-256 of the app-compose served in Info,
-and mr_config_id binds the same hash. The deployment is KMS-less: app-id = compose_hash[:20] and
-the key provider is `{"name":"none","id":""}`.
+and mr_config_id binds the same hash. By default the deployment is KMS-less: app-id =
+compose_hash[:20] and the key provider is `{"name":"none","id":""}`; a KMS boot (`kms.py`) adds
+the os-image-hash event, the KMS key provider and an app id the deployment registered.
 """
 
 from __future__ import annotations
@@ -28,14 +29,25 @@ from oauth3.attestation import (
     runtime_event_preimage,
     stripped,
 )
-from oauth3.attestation.dstack_os import a_dev_release
+from oauth3.attestation.dstack_os import a_dev_release, os_releases
 from oauth3.simulator.quote import DEFAULT_TD_ATTRIBUTES, QuoteSigner, build_quote, td_report_body
 
+from .kms import key_provider_info, kms_root_public_key
 from .wire import RpcError
 
 EventLogFormat = Literal["full", "stripped"]
 EVENT_LOG_FORMATS: tuple[EventLogFormat, ...] = ("full", "stripped")
-Attack = Literal["debug-td", "retyped-os-events", "dev-os", "other-mrtd"]
+Attack = Literal[
+    "debug-td",
+    "retyped-os-events",
+    "dev-os",
+    "other-mrtd",
+    "other-kms",
+    "late-key-provider",
+    "late-os-image-hash",
+]
+# attacks that only make sense on a KMS boot, which they imply
+KMS_ATTACKS: frozenset[Attack] = frozenset({"other-kms", "late-key-provider"})
 ATTACKS: tuple[Attack, ...] = get_args(Attack)
 RuntimeEventVersion = Literal[1, 2]
 STORAGE_FS = b"ext4"
@@ -161,10 +173,14 @@ def runtime_events(
     app_id: bytes,
     compose_digest: bytes,
     instance_id: bytes,
-    key_provider_info: str,
+    key_provider: str,
     version: RuntimeEventVersion = 1,
+    *,
+    kms_os_image_hash: bytes | None = None,
 ) -> list[Event]:
-    """The RTMR3 sequence a KMS-less dstack OS (0.5.5 and later) measures while booting an app."""
+    """The RTMR3 sequence a dstack OS (0.5.5 and later) measures while booting an app; with a KMS,
+    the os-image-hash the KMS answered comes between boot-mr-done and key-provider."""
+    kms = [] if kms_os_image_hash is None else [("os-image-hash", kms_os_image_hash)]
     return [
         runtime_event(name, payload, version)
         for name, payload in (
@@ -173,7 +189,8 @@ def runtime_events(
             ("compose-hash", compose_digest),
             ("instance-id", instance_id),
             ("boot-mr-done", b""),
-            ("key-provider", key_provider_info.encode()),
+            *kms,
+            ("key-provider", key_provider.encode()),
             ("storage-fs", STORAGE_FS),
             ("system-ready", b""),
         )
@@ -200,6 +217,51 @@ class CvmVariant:
     attacks: frozenset[Attack] = frozenset()
     emitted: tuple[tuple[str, bytes], ...] = ()
     runtime_event_version: RuntimeEventVersion = 1
+    kms: bool = False
+
+    @property
+    def boots_with_kms(self) -> bool:
+        """A KMS boot: asked for, or implied by an attack on one."""
+        return self.kms or bool(self.attacks & KMS_ATTACKS)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyProvision:
+    """Where the booting OS got its keys: the app id, the key-provider payload it measures, the
+    os-image-hash a KMS answered (None without one), and what the app emits after boot."""
+
+    app_id: bytes
+    key_provider: str
+    kms_os_image_hash: bytes | None = None
+    late_events: tuple[tuple[str, bytes], ...] = ()
+
+
+def simulated_kms_id(seed: str, genuine: bool = True) -> bytes:
+    """The key-provider id (root public key) of the simulator's KMS, or of another KMS."""
+    return kms_root_public_key(_Seed(seed).take("kms/root" if genuine else "kms/other", 32))
+
+
+def key_provision(
+    seed: str, variant: CvmVariant, digest: bytes, os_image_hash: bytes
+) -> KeyProvision:
+    """The keys' provenance for this boot: none (KMS-less) or the simulated KMS, with its lies."""
+    attacks = variant.attacks
+    late: list[tuple[str, bytes]] = []
+    if "late-os-image-hash" in attacks:
+        production = next(r for r in os_releases().values() if not r.dev)
+        late.append(("os-image-hash", production.os_image_hash))
+    if not variant.boots_with_kms:
+        return KeyProvision(app_id_without_kms(digest), KEY_PROVIDER_INFO, None, tuple(late))
+    genuine = key_provider_info("kms", simulated_kms_id(seed))
+    if "late-key-provider" in attacks:
+        late.append(("key-provider", genuine.encode()))
+    honest = not attacks & KMS_ATTACKS
+    return KeyProvision(
+        app_id=_Seed(seed).take("kms/app-id", 20),
+        key_provider=genuine if honest else key_provider_info("kms", simulated_kms_id(seed, False)),
+        kms_os_image_hash=os_image_hash,
+        late_events=tuple(late),
+    )
 
 
 def vm_config_json(os_image_hash: bytes) -> str:
@@ -332,18 +394,27 @@ def build_cvm(
     document = _app_compose_fields(app_compose)
     derive = _Seed(seed)
     digest = compose_hash(app_compose)
-    app_id = app_id_without_kms(digest)
+    dev = "dev-os" in attacks
+    os_image_hash = a_dev_release().os_image_hash if dev else derive.take("os-image", 32)
+    keys = key_provision(seed, variant, digest, os_image_hash)
+    app_id = keys.app_id
     instance_id = (
         b""
         if document.get("no_instance_id") is True
         else hashlib.sha256(derive.take("instance-id-seed", 32) + app_id).digest()[:20]
     )
-    dev = "dev-os" in attacks
-    os_image_hash = a_dev_release().os_image_hash if dev else derive.take("os-image", 32)
     version = variant.runtime_event_version
     events = [
         *boot_events(derive, os_image_hash, dev=dev),
-        *runtime_events(app_id, digest, instance_id, KEY_PROVIDER_INFO, version),
+        *runtime_events(
+            app_id,
+            digest,
+            instance_id,
+            keys.key_provider,
+            version,
+            kms_os_image_hash=keys.kms_os_image_hash,
+        ),
+        *(runtime_event(name, payload, version) for name, payload in keys.late_events),
         *(runtime_event(name, payload, version) for name, payload in variant.emitted),
     ]
     td_attributes = DEFAULT_TD_ATTRIBUTES
@@ -364,6 +435,7 @@ def build_cvm(
         os_image_hash=os_image_hash,
         vm_config=vm_config_json(os_image_hash),
         signer=signer,
+        key_provider_info=keys.key_provider,
         td_attributes=td_attributes,
         served_events=tuple(retyped(events)) if "retyped-os-events" in attacks else None,
     )
