@@ -37,7 +37,9 @@ from .policy import (
     PlatformPin,
     Policy,
     PolicyError,
+    key_provider_pin,
     load_policy,
+    measured_key_provider,
     merge,
     platform_pin,
     render_policy,
@@ -167,6 +169,13 @@ def _parser(*, json_mode: bool = False) -> _Parser:
     )
     pins.add_argument("--expect-compose-hash", metavar="HEX", action="append", default=[])
     pins.add_argument("--expect-app-id", metavar="HEX", action="append", default=[])
+    pins.add_argument(
+        "--expect-key-provider",
+        metavar="NAME:HEX",
+        action="append",
+        default=[],
+        help="accept this key provider (kms:<root public key hex>, none:, …; repeatable)",
+    )
     for name, flag in PLATFORM_FLAGS.items():
         size = PLATFORM_FIELDS[name]
         pins.add_argument(flag, metavar="HEX", dest=f"pin_{name}", help=f"{size} bytes")
@@ -260,13 +269,22 @@ def _policy(args: argparse.Namespace) -> Policy:
         for name, value in platform_values.items():
             _hex_arg(value, PLATFORM_FLAGS[name], PLATFORM_FIELDS[name])
         platforms = (platform_pin(platform_values, "flags", name="given by flags"),)
-    pinned_by_flags = bool(platforms or args.expect_compose_hash or args.expect_app_id)
+    try:
+        key_providers = frozenset(
+            key_provider_pin(text, "--expect-key-provider") for text in args.expect_key_provider
+        )
+    except PolicyError as exc:
+        _usage(f"error: {exc}")
+    pinned_by_flags = bool(
+        platforms or args.expect_compose_hash or args.expect_app_id or key_providers
+    )
     policy = merge(
         base,
         compose_hashes=frozenset(
             _hex_arg(h, "--expect-compose-hash", 32) for h in args.expect_compose_hash
         ),
         app_ids=frozenset(_hex_arg(h, "--expect-app-id", 20) for h in args.expect_app_id),
+        key_providers=key_providers,
         platforms=platforms,
         allowed_tcb=frozenset(args.allow_tcb),
         allowed_advisories=frozenset(args.allow_advisory),
@@ -323,9 +341,11 @@ def observed_policy(verdict: Verdict, previous: Policy) -> Policy:
     advisories (and the mock root of a simulated quote)."""
     measured = verdict.measurements
     values = {k: bytes.fromhex(measured[k]) for k in ("mrtd", "rtmr0", "rtmr1", "rtmr2")}
+    provider = measured_key_provider(verdict.key_provider)
     return Policy(
         compose_hashes=frozenset([verdict.compose_hash] if verdict.compose_hash else []),
         app_ids=frozenset([verdict.app_id] if verdict.app_id else []),
+        key_providers=frozenset([provider] if provider is not None else []),
         platforms=(PlatformPin(name="observed", values=values),),
         allowed_tcb=frozenset([verdict.tcb_status]) if verdict.tcb_status else previous.allowed_tcb,
         allowed_advisories=frozenset(verdict.advisory_ids),
