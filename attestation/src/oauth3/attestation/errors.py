@@ -25,3 +25,12 @@ class ReportDataError(AttestationError):
 
 class EvidenceError(AttestationError):
     """A file or document is not any of the evidence shapes we understand."""
+
+
+class CborError(AttestationError):
+    """Bytes that are not one well-formed, definite-length, minimally encoded CBOR item."""
+
+
+class MeasurementError(AttestationError):
+    """An OS measurement document, VM shape or event log cannot yield expected registers; the
+    message says which input and why."""

@@ -32,6 +32,7 @@ from .fetch import CollateralSource, FetchError, verify_bundle, verify_evidence,
 from .files import write_atomically
 from .http import DEFAULT_TIMEOUT
 from .output import json_text, printable, render
+from .platform import RECOMPUTED
 from .policy import (
     PLATFORM_FIELDS,
     PlatformPin,
@@ -176,6 +177,14 @@ def _parser(*, json_mode: bool = False) -> _Parser:
         default=[],
         help="accept this key provider (kms:<root public key hex>, none:, …; repeatable)",
     )
+    pins.add_argument(
+        "--expect-os-image-hash",
+        metavar="HEX",
+        action="append",
+        default=[],
+        help="accept this dstack OS release (repeatable): MRTD and RTMR0-2 are recomputed from "
+        "its measurement document",
+    )
     for name, flag in PLATFORM_FLAGS.items():
         size = PLATFORM_FIELDS[name]
         pins.add_argument(flag, metavar="HEX", dest=f"pin_{name}", help=f"{size} bytes")
@@ -276,7 +285,11 @@ def _policy(args: argparse.Namespace) -> Policy:
     except PolicyError as exc:
         _usage(f"error: {exc}")
     pinned_by_flags = bool(
-        platforms or args.expect_compose_hash or args.expect_app_id or key_providers
+        platforms
+        or args.expect_compose_hash
+        or args.expect_app_id
+        or args.expect_os_image_hash
+        or key_providers
     )
     policy = merge(
         base,
@@ -286,6 +299,9 @@ def _policy(args: argparse.Namespace) -> Policy:
         app_ids=frozenset(_hex_arg(h, "--expect-app-id", 20) for h in args.expect_app_id),
         key_providers=key_providers,
         platforms=platforms,
+        os_image_hashes=frozenset(
+            _hex_arg(h, "--expect-os-image-hash", 32) for h in args.expect_os_image_hash
+        ),
         allowed_tcb=frozenset(args.allow_tcb),
         allowed_advisories=frozenset(args.allow_advisory),
         min_tcb_evaluation=args.min_tcb_evaluation,
@@ -336,17 +352,28 @@ def _options(args: argparse.Namespace) -> VerifyOptions:
     )
 
 
+def recomputed_release(verdict: Verdict) -> bytes | None:
+    """The OS release the platform step recomputed to the quote's registers, if it did."""
+    platform = next((s for s in verdict.steps if s.name == Step.PLATFORM), None)
+    os_facts = platform.details.get("os", {}) if platform is not None else {}
+    if os_facts.get("named_from") != RECOMPUTED or not os_facts.get("os_image_hash"):
+        return None
+    return bytes.fromhex(os_facts["os_image_hash"])
+
+
 def observed_policy(verdict: Verdict, previous: Policy) -> Policy:
-    """The policy a verification observed: its app, platform registers, TCB status and
-    advisories (and the mock root of a simulated quote)."""
+    """The policy a verification observed: its app, its OS release when one was recomputed
+    (else its platform registers), TCB status and advisories (and a simulator's mock root)."""
     measured = verdict.measurements
     values = {k: bytes.fromhex(measured[k]) for k in ("mrtd", "rtmr0", "rtmr1", "rtmr2")}
     provider = measured_key_provider(verdict.key_provider)
+    release = recomputed_release(verdict)
     return Policy(
         compose_hashes=frozenset([verdict.compose_hash] if verdict.compose_hash else []),
         app_ids=frozenset([verdict.app_id] if verdict.app_id else []),
         key_providers=frozenset([provider] if provider is not None else []),
-        platforms=(PlatformPin(name="observed", values=values),),
+        platforms=() if release else (PlatformPin(name="observed", values=values),),
+        os_image_hashes=frozenset([release] if release else []),
         allowed_tcb=frozenset([verdict.tcb_status]) if verdict.tcb_status else previous.allowed_tcb,
         allowed_advisories=frozenset(verdict.advisory_ids),
         min_tcb_evaluation=previous.min_tcb_evaluation,
