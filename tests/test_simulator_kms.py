@@ -23,9 +23,10 @@ from oauth3.attestation import (
 )
 from oauth3.attestation.dstack_os import release_for
 from oauth3.runtime.envconfig import ConfigError
+from oauth3.simulator.kms import simulated_kms_id
 from oauth3.simulator.mockdcap import MockDcap
 from oauth3.simulator.settings import default_app_compose, from_args, parser
-from oauth3.simulator.state import CvmVariant, SimulatedCvm, build_cvm, simulated_kms_id
+from oauth3.simulator.state import CvmVariant, SimulatedCvm, build_cvm
 
 SEED = "kms-test"
 DCAP = MockDcap(b"kms-test", datetime(2026, 6, 1, tzinfo=UTC))

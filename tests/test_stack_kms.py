@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from oauth3.simulator.kms import simulated_kms_id
 from oauth3.simulator.settings import DEFAULT_SEED
-from oauth3.simulator.state import simulated_kms_id
 from tests.stack import (
     RunningStack,
     collateral,

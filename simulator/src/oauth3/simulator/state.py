@@ -20,7 +20,6 @@ import orjson
 from oauth3.attestation import (
     RUNTIME_EVENT_TYPE,
     Event,
-    app_id_without_kms,
     compose_hash,
     dump_event_log,
     event_objects,
@@ -29,10 +28,11 @@ from oauth3.attestation import (
     runtime_event_preimage,
     stripped,
 )
-from oauth3.attestation.dstack_os import a_dev_release, os_releases
+from oauth3.attestation.dstack_os import a_dev_release
 from oauth3.simulator.quote import DEFAULT_TD_ATTRIBUTES, QuoteSigner, build_quote, td_report_body
 
-from .kms import key_provider_info, kms_root_public_key
+from .kms import KEY_PROVIDER_INFO, key_provision
+from .seeded import Seed
 from .wire import RpcError
 
 EventLogFormat = Literal["full", "stripped"]
@@ -47,14 +47,13 @@ Attack = Literal[
     "late-os-image-hash",
 ]
 # attacks that only make sense on a KMS boot, which they imply
-KMS_ATTACKS: frozenset[Attack] = frozenset({"other-kms", "late-key-provider"})
+KMS_ATTACKS: frozenset[str] = frozenset({"other-kms", "late-key-provider"})
 ATTACKS: tuple[Attack, ...] = get_args(Attack)
 RuntimeEventVersion = Literal[1, 2]
 STORAGE_FS = b"ext4"
 TD_DEBUG = 0x01
 QEMU_VERSION = "9.2.1"
 REPORT_DATA_SIZE = 64
-KEY_PROVIDER_INFO = '{"name":"none","id":""}'
 CLOUD_VENDOR = "oauth3 simulator"
 CLOUD_PRODUCT = "simulated TDX CVM (not Intel hardware)"
 
@@ -69,18 +68,6 @@ EV_EFI_PLATFORM_FIRMWARE_BLOB2 = 0x8000000A
 EV_EFI_HANDOFF_TABLES2 = 0x8000000B
 EFI_GLOBAL_VARIABLE = bytes.fromhex("61dfe48bca93d211aa0d00e098032b8c")
 EFI_IMAGE_SECURITY_DATABASE = bytes.fromhex("cbb219d73a3d9645a3bcdad00e67656f")
-
-
-class _Seed:
-    """Labelled, independent byte strings derived from the simulator seed."""
-
-    def __init__(self, seed: str) -> None:
-        self._seed = seed.encode()
-
-    def take(self, label: str, size: int) -> bytes:
-        return hashlib.shake_256(
-            b"oauth3-simulator/v1\0" + label.encode() + b"\0" + self._seed
-        ).digest(size)
 
 
 def pad_report_data(report_data: bytes) -> bytes:
@@ -106,7 +93,7 @@ def _boot(imr: int, event_type: int, payload: bytes, digest: bytes | None = None
     )
 
 
-def boot_events(seed: _Seed, os_image_hash: bytes, dev: bool = False) -> list[Event]:
+def boot_events(seed: Seed, os_image_hash: bytes, dev: bool = False) -> list[Event]:
     """Firmware, boot loader and kernel measurements (RTMR0-2) shaped like a real TDX boot log;
     a dev image boots another kernel command line (root login), so RTMR2 differs."""
     measured = {label: seed.take(f"digest/{label}", 48) for label in ("hob", "cfv", "kernel")}
@@ -222,46 +209,7 @@ class CvmVariant:
     @property
     def boots_with_kms(self) -> bool:
         """A KMS boot: asked for, or implied by an attack on one."""
-        return self.kms or bool(self.attacks & KMS_ATTACKS)
-
-
-@dataclass(frozen=True, slots=True)
-class KeyProvision:
-    """Where the booting OS got its keys: the app id, the key-provider payload it measures, the
-    os-image-hash a KMS answered (None without one), and what the app emits after boot."""
-
-    app_id: bytes
-    key_provider: str
-    kms_os_image_hash: bytes | None = None
-    late_events: tuple[tuple[str, bytes], ...] = ()
-
-
-def simulated_kms_id(seed: str, genuine: bool = True) -> bytes:
-    """The key-provider id (root public key) of the simulator's KMS, or of another KMS."""
-    return kms_root_public_key(_Seed(seed).take("kms/root" if genuine else "kms/other", 32))
-
-
-def key_provision(
-    seed: str, variant: CvmVariant, digest: bytes, os_image_hash: bytes
-) -> KeyProvision:
-    """The keys' provenance for this boot: none (KMS-less) or the simulated KMS, with its lies."""
-    attacks = variant.attacks
-    late: list[tuple[str, bytes]] = []
-    if "late-os-image-hash" in attacks:
-        production = next(r for r in os_releases().values() if not r.dev)
-        late.append(("os-image-hash", production.os_image_hash))
-    if not variant.boots_with_kms:
-        return KeyProvision(app_id_without_kms(digest), KEY_PROVIDER_INFO, None, tuple(late))
-    genuine = key_provider_info("kms", simulated_kms_id(seed))
-    if "late-key-provider" in attacks:
-        late.append(("key-provider", genuine.encode()))
-    honest = not attacks & KMS_ATTACKS
-    return KeyProvision(
-        app_id=_Seed(seed).take("kms/app-id", 20),
-        key_provider=genuine if honest else key_provider_info("kms", simulated_kms_id(seed, False)),
-        kms_os_image_hash=os_image_hash,
-        late_events=tuple(late),
-    )
+        return self.kms or bool(KMS_ATTACKS.intersection(self.attacks))
 
 
 def vm_config_json(os_image_hash: bytes) -> str:
@@ -392,11 +340,11 @@ def build_cvm(
     variant = variant or CvmVariant()
     attacks = variant.attacks
     document = _app_compose_fields(app_compose)
-    derive = _Seed(seed)
+    derive = Seed(seed)
     digest = compose_hash(app_compose)
     dev = "dev-os" in attacks
     os_image_hash = a_dev_release().os_image_hash if dev else derive.take("os-image", 32)
-    keys = key_provision(seed, variant, digest, os_image_hash)
+    keys = key_provision(seed, variant.attacks, variant.boots_with_kms, digest, os_image_hash)
     app_id = keys.app_id
     instance_id = (
         b""
