@@ -10,6 +10,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -152,12 +153,18 @@ def check_running_stack(process: subprocess.Popen[bytes], port: int, run_dir: Pa
         banner += process.stdout.readline().decode()
     rendered = render(MANIFEST.read_bytes())
     assert f"--policy {run_dir / 'policy.toml'}" in banner
-    assert rendered.compose_hash.hex() in (run_dir / "policy.toml").read_text()
+    written = tomllib.loads((run_dir / "policy.toml").read_text())
+    assert written["app"]["compose_hashes"] == [rendered.compose_hash.hex()]
+    # the simulated OS release is pinned, not raw registers, and the banner names it
+    (release,) = written["os"]["image_hashes"]
+    assert "platform" not in written
+    assert f"the simulated OS release {release}" in banner
     assert (run_dir / "app-compose.json").read_bytes() == rendered.app_compose
     # the verify command make run prints verifies the local stack, exit 0
     verified = subprocess.run(verify_command(banner), capture_output=True, timeout=60, check=False)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert verified.stdout.decode().splitlines()[-1].startswith("SIMULATED (exit 0)")
+    assert "exactly what the pinned OS release boots to" in verified.stdout.decode()
     info = subprocess.run(
         ["curl", "-sf", f"http://127.0.0.1:{port}/info"], capture_output=True, check=True
     ).stdout
