@@ -345,6 +345,19 @@ HEADER = """\
 """
 
 
+def _app_section(policy: Policy) -> str:
+    return (
+        "\n[app]\n"
+        "# SHA-256 of the exact app-compose.json the CVM booted (RTMR3 compose-hash event).\n"
+        f"compose_hashes = {_hex_list(policy.compose_hashes)}\n"
+        "# Optional: accepted app ids (20 bytes; with KMS the platform assigns them).\n"
+        f"app_ids = {_hex_list(policy.app_ids)}\n"
+        "# Optional: accepted key providers (RTMR3 key-provider event), NAME:HEX, e.g. the KMS\n"
+        '# "kms:<hex of its root public key>", or "none:" for a CVM without one.\n'
+        f"key_providers = {_string_list(str(k) for k in policy.key_providers)}\n"
+    )
+
+
 def render_policy(
     policy: Policy,
     observed_from: str,
@@ -355,16 +368,7 @@ def render_policy(
     values and the observed TCB evaluation number are written commented out, to enable."""
     seen = toml_string(" ".join(observed_from.split()))[1:-1]
     parts = [HEADER, f"# observed from: {seen}\n" if observed_from else "", "format = 1\n"]
-    parts.append(
-        "\n[app]\n"
-        "# SHA-256 of the exact app-compose.json the CVM booted (RTMR3 compose-hash event).\n"
-        f"compose_hashes = {_hex_list(policy.compose_hashes)}\n"
-        "# Optional: accepted app ids (20 bytes; with KMS the platform assigns them).\n"
-        f"app_ids = {_hex_list(policy.app_ids)}\n"
-        "# Optional: accepted key providers (RTMR3 key-provider event), NAME:HEX, e.g. the KMS\n"
-        '# "kms:<hex of its root public key>", or "none:" for a CVM without one.\n'
-        f"key_providers = {_string_list(str(k) for k in policy.key_providers)}\n"
-    )
+    parts.append(_app_section(policy))
     for pin in policy.platforms:
         parts.append(
             "\n# One [[platform]] per accepted platform. MRTD is the TD firmware; RTMR0-2 what\n"
