@@ -49,9 +49,11 @@ async def test_the_printed_positive_path_is_simulated_exit_0(honest: RunningStac
     code, report = await verify([honest.base_url, *SIMULATED, *policy(honest), *collateral(honest)])
     assert (code, report["verdict"]) == (0, "SIMULATED"), report
     assert all(s["ok"] for s in report["steps"]), report["steps"]
+    # make run pins the simulated OS release, which the platform step recomputes
     platform = step(report, "platform")
-    assert "your pins (policy" in platform["details"]["vouched_by"]
-    assert platform["details"]["os"]["named_from"] == "host-supplied vm_config"
+    assert "your pinned OS release (policy" in platform["details"]["vouched_by"]
+    assert platform["details"]["os"]["named_from"].startswith("recomputed")
+    assert "exactly what the pinned OS release boots to" in platform["reason"]
 
 
 # 1. compose hash spoofing through the event log -------------------------------------------
@@ -193,7 +195,10 @@ async def test_write_policy_is_the_on_ramp(honest: RunningStack, tmp_path: Path)
     assert any("policy written" in note for note in report["notes"])
     text = written.read_text()
     assert manifest_compose_hash() in text
-    assert "# mrseam = " in text  # optional pins offered, commented out
+    # the simulated release recomputed to the quote: the release is pinned, not the registers
+    release = step(report, "platform")["details"]["os"]["os_image_hash"]
+    assert f'image_hashes = [\n  "{release}",\n]' in text
+    assert "[[platform]]" not in text
     code, report = await verify([*args, "--policy", str(written)])
     assert (code, report["verdict"]) == (0, "SIMULATED"), report
     refused = tmp_path / "refused.toml"
@@ -281,7 +286,8 @@ async def test_strings_from_evidence_cannot_drive_the_terminal(
     bundle["url"] = f"https://evil.example/{ESCAPES}"
     bundle["attestation"]["vmConfig"] = json.dumps({"os_image_hash": ESCAPES, "n": 10**30})
     saved.write_bytes(orjson.dumps(bundle))
-    args = ["--bundle", str(saved), *SIMULATED, *policy(honest)]
+    # register pins: the hostile vm_config carries no release document to recompute
+    args = ["--bundle", str(saved), *SIMULATED, *observed_pins(honest)]
     code, text = await verify_text(args)
     assert code == 5
     assert "\x1b" not in text

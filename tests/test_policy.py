@@ -13,9 +13,13 @@ from hypothesis import strategies as st
 from oauth3.verifier.cli import run
 from oauth3.verifier.output import json_text, printable
 from oauth3.verifier.policy import (
+    KEY_PROVIDER_IDS,
+    KeyProvider,
     PlatformPin,
     Policy,
     PolicyError,
+    key_provider_pin,
+    measured_key_provider,
     merge,
     parse_policy,
     render_policy,
@@ -69,6 +73,16 @@ def test_a_good_policy_reads_as_written() -> None:
         ('format = 1\n[tcb]\nmin_evaluation_data_number = "17"', "must be an integer"),
         ("format = 1\n[simulated]\nroot_ca_sha256 = 5", "hex string"),
         ("not toml = = 1", "not TOML"),
+        ('format = 1\n[app]\nkey_providers = "kms:00"', "must be a list"),
+        ("format = 1\n[app]\nkey_providers = [1]", r"key_providers\[0\] must be a string"),
+        ('format = 1\n[app]\nkey_providers = ["kms"]', "NAME:HEX with NAME one of"),
+        ('format = 1\n[app]\nkey_providers = ["vault:00"]', "NAME:HEX with NAME one of"),
+        ('format = 1\n[app]\nkey_providers = ["KMS:00"]', "NAME:HEX with NAME one of"),
+        ('format = 1\n[app]\nkey_providers = ["kms:"]', "kms needs an id"),
+        ('format = 1\n[app]\nkey_providers = ["kms:0x00"]', "is not hex"),
+        ('format = 1\n[app]\nkey_providers = ["kms:abc"]', "is not hex"),
+        ('format = 1\n[app]\nkey_providers = ["kms: 00"]', "is not hex"),
+        ('format = 1\n[app]\nkey_providers = ["none:00"]', "none has no id"),
     ],
 )
 def test_a_bad_policy_names_what_is_wrong(text: str, message: str) -> None:
@@ -84,6 +98,7 @@ def test_render_reads_back_the_same_policy_and_escapes_names() -> None:
     policy = Policy(
         compose_hashes=frozenset([bytes(32), bytes([1]) * 32]),
         app_ids=frozenset([bytes(20)]),
+        key_providers=frozenset([KeyProvider("kms", bytes(range(91))), KeyProvider("none")]),
         platforms=(pin,),
         allowed_advisories=frozenset(["INTEL-SA-1"]),
         min_tcb_evaluation=16,
@@ -140,3 +155,51 @@ def test_printable_leaves_nothing_a_terminal_acts_on(text: str) -> None:
     shown = printable(text)
     assert all(c.isprintable() or c == " " for c in shown)
     assert "\x1b" not in shown
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(sorted(KEY_PROVIDER_IDS)), st.binary(min_size=1, max_size=96))
+def test_a_key_provider_pin_matches_exactly_the_payload_dstack_measures(
+    name: str, provider_id: bytes
+) -> None:
+    pinned = key_provider_pin(
+        f"{name}:{provider_id.hex().upper()}" if KEY_PROVIDER_IDS[name] else f"{name}:", "pin"
+    )
+    payload = json.dumps({"name": name, "id": pinned.provider_id.hex()}, separators=(",", ":"))
+    assert pinned.payload == payload.encode()
+    assert measured_key_provider(payload.encode()) == pinned
+    assert key_provider_pin(str(pinned), "pin") == pinned
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        None,
+        b"",
+        b"not json",
+        b"[]",
+        b'{"name":"kms"}',
+        b'{"name": "kms", "id": "00"}',  # not dstack's serialisation
+        b'{"id":"00","name":"kms"}',
+        b'{"name":"kms","id":"00","extra":1}',
+        b'{"name":"kms","id":"00","id":"01"}',
+        b'{"name":"kms","id":"0A"}',
+        b'{"name":"kms","id":0}',
+        b'{"name":"vault","id":"00"}',
+        b'{"name":"none","id":"00"}',
+    ],
+)
+def test_a_measured_key_provider_other_than_dstacks_bytes_matches_no_pin(
+    payload: bytes | None,
+) -> None:
+    assert measured_key_provider(payload) is None
+
+
+def test_cli_refuses_a_malformed_key_provider_flag_in_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = run(["--dstack-quote", "q.hex", "--expect-key-provider", "kms:zz"], io.StringIO())
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "--expect-key-provider: the id after kms: is not hex" in err

@@ -11,15 +11,13 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, make_mocked_request
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
 from oauth3.attestation import parse_quote
 from oauth3.runtime.envconfig import ConfigError
 from oauth3.service import app as service_app
-from oauth3.service.app import create_app, query_pairs
+from oauth3.service.app import create_app
 from oauth3.service.settings import ServiceSettings, parse_build_info
 from tests.fakes import Harness, problem
 
@@ -316,8 +314,18 @@ async def test_service_turns_away_quotes_beyond_its_own_bound(
     assert harness.agent.quote_calls() == before + 2  # the 503s never reached the sidecar
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.text(alphabet="abnoce=&/%+;._~-2Z", max_size=40))
-def test_the_fast_query_split_agrees_with_yarl(query: str) -> None:
-    request = make_mocked_request("GET", f"/attestation?{query}")
-    assert query_pairs(request) == list(request.query.items())
+async def test_the_service_only_ever_asks_the_sidecar_for_64_bytes(
+    harness: Harness, client: TestClient[Any, Any]
+) -> None:
+    """Cached, per-nonce and batched quotes all reach the agent as exactly 64 report_data bytes,
+    which is all the sidecar forwards."""
+    nonces = [f"{n:02x}" * 32 for n in range(1, 6)]
+    paths = ["/attestation", f"/attestation?nonce={NONCE}"]
+    paths += [f"/attestation?nonce={nonce}&layout=oauth3/v2" for nonce in nonces]
+    statuses = await asyncio.gather(*(client.get(path) for path in paths))
+    assert [response.status for response in statuses] == [200] * len(paths)
+    bodies = [orjson.loads(call[2]) for call in harness.agent.calls if call[0] == "GetQuote"]
+    assert bodies
+    for body in bodies:
+        assert list(body) == ["report_data"]
+        assert len(bytes.fromhex(body["report_data"])) == 64

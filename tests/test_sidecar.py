@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import httpx
 import pytest
+from dstack_sdk import AsyncDstackClient
 from structlog.testing import capture_logs
 
 from oauth3.runtime.envconfig import ConfigError
@@ -17,6 +19,9 @@ from oauth3.sidecar.__main__ import healthcheck
 from oauth3.sidecar.app import MAX_AGENT_RESPONSE_BYTES, create_app
 from oauth3.sidecar.settings import SidecarSettings, default_agent_socket
 from tests.fakes import FakeAgent, problem, serve_unix, short_socket_dir, unix_session
+
+# what the service sends: hex of exactly 64 bytes, the only report_data the sidecar forwards
+FULL = {"report_data": "01" * 64}
 
 
 @dataclass
@@ -45,7 +50,7 @@ async def stack() -> AsyncIterator[Stack]:
 
 
 async def test_getquote_forwards_a_body_the_sidecar_built(stack: Stack) -> None:
-    body = b'{"report_data": "0xAB' + b"ab" * 31 + b'", "extra": [1, 2, {"x": "GetKey"}]}'
+    body = b'{"report_data": "0xAB' + b"ab" * 63 + b'", "extra": [1, 2, {"x": "GetKey"}]}'
     async with (
         unix_session(stack.sock) as session,
         session.post(
@@ -57,8 +62,8 @@ async def test_getquote_forwards_a_body_the_sidecar_built(stack: Stack) -> None:
         assert response.status == 200
         assert response.headers["X-Request-ID"] == "req-123"
         answer = await response.json()
-    assert answer["report_data"] == "ab" * 32 + "00" * 32
-    forwarded = b'{"report_data":"' + b"ab" * 32 + b'"}'
+    assert answer["report_data"] == "ab" * 64
+    forwarded = b'{"report_data":"' + b"ab" * 64 + b'"}'
     assert stack.agent.calls == [("GetQuote", "POST", forwarded, "req-123")]
 
 
@@ -87,7 +92,7 @@ async def test_a_redirect_from_the_agent_is_never_followed(stack: Stack) -> None
     stack.agent.mode = "redirect"
     async with (
         unix_session(stack.sock) as session,
-        session.post("http://s/GetQuote", json={"report_data": "01"}) as response,
+        session.post("http://s/GetQuote", json=FULL) as response,
     ):
         assert response.status == 502
         assert "redirect" in problem(await response.read())["detail"]
@@ -129,7 +134,7 @@ async def test_everything_else_is_403(stack: Stack, method: str, path: str) -> N
         (b'{"report_data": 5}', 400, "hex string"),
         (b'{"report_data": "abc"}', 400, "odd number"),
         (b'{"report_data": "zz"}', 400, "non-hex"),
-        (b'{"report_data": "' + b"00" * 65 + b'"}', 400, "longer than 64 bytes"),
+        (b'{"report_data": "' + b"00" * 65 + b'"}', 400, "exactly 64 bytes, not 65"),
         # a second report_data must not slip past the check to the agent
         (b'{"report_data": "00", "report_data": "' + b"00" * 75 + b'"}', 400, "a key twice"),
         (b'{"report_data": "\xff"}', 400, "not valid JSON"),
@@ -148,12 +153,60 @@ async def test_invalid_requests_never_reach_agent(
     assert stack.agent.calls == []
 
 
-async def test_0x_prefix_and_empty_body_accepted(stack: Stack) -> None:
+async def test_0x_prefix_and_either_case_accepted(stack: Stack) -> None:
     async with unix_session(stack.sock) as session:
-        for body in (b'{"report_data": "0x' + b"11" * 64 + b'"}', b""):
+        for body in (
+            b'{"report_data": "0x' + b"1A" * 64 + b'"}',
+            b'{"report_data": "' + b"1a" * 64 + b'"}',
+        ):
             async with session.post("http://s/GetQuote", data=body) as response:
                 assert response.status == 200
-    assert stack.agent.quote_calls() == 2
+    forwarded = b'{"report_data":"' + b"1a" * 64 + b'"}'
+    assert [c[2] for c in stack.agent.calls] == [forwarded, forwarded]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"", "report_data is required"),
+        (b"{}", "report_data is required"),
+        (b'{"other": "' + b"00" * 64 + b'"}', "report_data is required"),
+        (b'{"report_data": ""}', "exactly 64 bytes, not 0"),
+        (b'{"report_data": "0x"}', "exactly 64 bytes, not 0"),
+        (b'{"report_data": "01"}', "exactly 64 bytes, not 1"),
+        (b'{"report_data": "' + b"ab" * 32 + b'"}', "exactly 64 bytes, not 32"),
+        (b'{"report_data": "' + b"ab" * 63 + b'"}', "exactly 64 bytes, not 63"),
+    ],
+)
+async def test_short_or_missing_report_data_is_refused_not_padded(
+    stack: Stack, body: bytes, message: str
+) -> None:
+    """The agent would zero-pad these into a quote over bytes the caller never sent (issue 22)."""
+    async with (
+        unix_session(stack.sock) as session,
+        session.post("http://s/GetQuote", data=body) as response,
+    ):
+        assert response.status == 400
+        assert response.content_type == "application/problem+json"
+        doc = problem(await response.read())
+    assert message in doc["detail"]
+    assert doc["error"] == doc["detail"]  # what dstack clients read
+    assert stack.agent.calls == []
+
+
+async def test_official_dstack_client_gets_64_bytes_quoted_and_short_ones_refused(
+    stack: Stack,
+) -> None:
+    client = AsyncDstackClient(str(stack.sock), timeout=5)
+    async with client:
+        answer = await client.get_quote(bytes(range(64)))
+        assert bytes.fromhex(answer.report_data) == bytes(range(64))
+        for short in (b"\x01", bytes(63)):
+            with pytest.raises(httpx.HTTPStatusError) as refused:
+                await client.get_quote(short)
+            assert refused.value.response.status_code == 400
+            assert "exactly 64 bytes" in refused.value.response.json()["error"]
+    assert stack.agent.quote_calls() == 1
 
 
 async def test_queue_overflow_only_503_beyond_bound(stack: Stack) -> None:
@@ -161,7 +214,7 @@ async def test_queue_overflow_only_503_beyond_bound(stack: Stack) -> None:
     async with unix_session(stack.sock) as session:
 
         async def one() -> tuple[int, str | None]:
-            async with session.post("http://s/GetQuote", json={"report_data": "01"}) as r:
+            async with session.post("http://s/GetQuote", json=FULL) as r:
                 await r.read()
                 return r.status, r.headers.get("Retry-After")
 
@@ -180,7 +233,7 @@ async def test_stalled_agent_gives_504(stack: Stack) -> None:
     started = loop.time()
     async with (
         unix_session(stack.sock) as session,
-        session.post("http://s/GetQuote", json={}) as response,
+        session.post("http://s/GetQuote", json=FULL) as response,
     ):
         assert response.status == 504
         await response.read()
@@ -191,7 +244,7 @@ async def test_agent_errors_relayed_unchanged(stack: Stack) -> None:
     stack.agent.mode = "500"
     async with (
         unix_session(stack.sock) as session,
-        session.post("http://s/GetQuote", json={}) as response,
+        session.post("http://s/GetQuote", json=FULL) as response,
     ):
         assert response.status == 500
         assert "agent exploded" in await response.text()
@@ -203,7 +256,7 @@ async def test_unreachable_agent_gives_503() -> None:
     async with (
         serve_unix(create_app(settings), settings.socket),
         unix_session(settings.socket) as session,
-        session.post("http://s/GetQuote", json={}) as response,
+        session.post("http://s/GetQuote", json=FULL) as response,
     ):
         assert response.status == 503
         assert response.headers["Retry-After"] == "1"
@@ -214,7 +267,7 @@ async def test_one_log_line_per_request_with_request_id(stack: Stack) -> None:
     with capture_logs() as logs:
         async with (
             unix_session(stack.sock) as session,
-            session.post("http://s/GetQuote", json={}, headers={"X-Request-ID": "abc.42"}) as r,
+            session.post("http://s/GetQuote", json=FULL, headers={"X-Request-ID": "abc.42"}) as r,
         ):
             await r.read()
     lines = [entry for entry in logs if entry["event"] == "request"]

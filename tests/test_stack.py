@@ -10,6 +10,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,11 +55,14 @@ async def test_binding_through_real_processes(stack: RunningStack) -> None:
 async def test_official_sdk_through_the_sidecar(stack: RunningStack) -> None:
     client = AsyncDstackClient(str(stack.paths.sidecar_socket), timeout=10)
     async with client:
-        quote = await client.get_quote(b"\x01\x02sdk")
-        assert bytes.fromhex(quote.report_data) == b"\x01\x02sdk".ljust(64, b"\0")
-        assert parse_quote(quote.decode_quote()).report.report_data == b"\x01\x02sdk".ljust(
-            64, b"\0"
-        )
+        report_data = b"\x01\x02sdk".ljust(64, b"\xee")
+        quote = await client.get_quote(report_data)
+        assert bytes.fromhex(quote.report_data) == report_data
+        assert parse_quote(quote.decode_quote()).report.report_data == report_data
+        with pytest.raises(httpx.HTTPStatusError) as short:
+            await client.get_quote(b"\x01\x02sdk")  # the agent would zero-pad it
+        assert short.value.response.status_code == 400
+        assert "exactly 64 bytes" in short.value.response.json()["error"]
         info = await client.info()
         assert info.compose_hash
         refused = [
@@ -149,12 +153,18 @@ def check_running_stack(process: subprocess.Popen[bytes], port: int, run_dir: Pa
         banner += process.stdout.readline().decode()
     rendered = render(MANIFEST.read_bytes())
     assert f"--policy {run_dir / 'policy.toml'}" in banner
-    assert rendered.compose_hash.hex() in (run_dir / "policy.toml").read_text()
+    written = tomllib.loads((run_dir / "policy.toml").read_text())
+    assert written["app"]["compose_hashes"] == [rendered.compose_hash.hex()]
+    # the simulated OS release is pinned, not raw registers, and the banner names it
+    (release,) = written["os"]["image_hashes"]
+    assert "platform" not in written
+    assert f"the simulated OS release {release}" in banner
     assert (run_dir / "app-compose.json").read_bytes() == rendered.app_compose
     # the verify command make run prints verifies the local stack, exit 0
     verified = subprocess.run(verify_command(banner), capture_output=True, timeout=60, check=False)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert verified.stdout.decode().splitlines()[-1].startswith("SIMULATED (exit 0)")
+    assert "exactly what the pinned OS release boots to" in verified.stdout.decode()
     info = subprocess.run(
         ["curl", "-sf", f"http://127.0.0.1:{port}/info"], capture_output=True, check=True
     ).stdout

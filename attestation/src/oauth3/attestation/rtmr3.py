@@ -96,6 +96,11 @@ class BootRecord:
         return payload.decode("utf-8", "replace") if payload is not None else None
 
     @property
+    def key_provider_payload(self) -> bytes | None:
+        """The key-provider event's payload, byte for byte, if measured."""
+        return self._payload("key-provider")
+
+    @property
     def os_image_hash(self) -> bytes | None:
         """The OS image hash the OS measured (KMS deployments only)."""
         return self._payload("os-image-hash")

@@ -2,10 +2,13 @@
 
 What it allows, and why:
 
-- `POST /GetQuote` with a JSON object whose `report_data` is hex of at most 64 bytes. The agent
-  gets a body the sidecar builds itself, `{"report_data": "<lowercase hex>"}`: no other field,
-  no duplicate key (a second `report_data` could otherwise reach the agent unchecked), one quote at
-  a time behind a bounded queue. A quote only signs caller data; it grants no power.
+- `POST /GetQuote` with a JSON object whose `report_data` is hex of exactly 64 bytes (an optional
+  `0x` prefix aside). The agent would zero-pad anything shorter, so a caller could obtain a quote
+  over bytes it never chose; the service only ever sends a full oauth3 report_data, so anything
+  else, a missing field included, is refused with 400. The agent gets a body the sidecar builds,
+  `{"report_data": "<lowercase hex>"}`: no other field, no duplicate key (a second `report_data`
+  could otherwise reach the agent unchecked), one quote at a time behind a bounded queue. A quote
+  only signs caller data; it grants no power.
 - `POST /Info` with an empty body or a JSON object; the agent gets `{}`. Info is public anyway.
 - `GET /healthz` and `GET /metrics` (its own figures; it has no network).
 - Everything else is 403: GetKey and GetTlsKey (the app's keys), Sign, EmitEvent (which would
@@ -42,6 +45,7 @@ from .metrics import SidecarMetrics
 from .settings import SidecarSettings
 
 MAX_AGENT_RESPONSE_BYTES = 1 << 20
+REPORT_DATA_BYTES = 64
 _HEX = frozenset("0123456789abcdefABCDEF")
 
 
@@ -104,8 +108,11 @@ def _json_object(body: bytes) -> dict[str, Any]:
 
 def validate_quote_request(body: bytes) -> bytes:
     """The body to forward for a GetQuote request: built here, `{"report_data": "<hex>"}`, from a
-    JSON object whose report_data is hex of at most 64 bytes; Problem(400) otherwise."""
-    report_data = _json_object(body).get("report_data", "")
+    JSON object whose report_data is hex of exactly 64 bytes; Problem(400) otherwise."""
+    request = _json_object(body)
+    if "report_data" not in request:
+        raise Problem(400, "report_data is required (hex of exactly 64 bytes)")
+    report_data = request["report_data"]
     if not isinstance(report_data, str):
         raise Problem(400, "report_data must be a hex string")
     digits = report_data.removeprefix("0x")
@@ -113,8 +120,10 @@ def validate_quote_request(body: bytes) -> bytes:
         raise Problem(400, "report_data contains a non-hex character")
     if len(digits) % 2:
         raise Problem(400, "report_data has an odd number of hex digits")
-    if len(digits) > 128:
-        raise Problem(400, "report_data is longer than 64 bytes")
+    if len(digits) != REPORT_DATA_BYTES * 2:
+        raise Problem(
+            400, f"report_data must be exactly {REPORT_DATA_BYTES} bytes, not {len(digits) // 2}"
+        )
     return orjson.dumps({"report_data": digits.lower()})
 
 

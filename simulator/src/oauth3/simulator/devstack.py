@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -207,16 +208,32 @@ def write_policy(paths: StackPaths, base: str) -> str | None:
     return f"oauth3-verify exited {done.returncode}: {why[:300]}"
 
 
+def pinned_releases(policy: Path) -> list[str]:
+    """The OS releases (`[os] image_hashes`) a written policy pins; empty when it pins none."""
+    try:
+        document = tomllib.loads(policy.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return []
+    hashes = document.get("os", {}).get("image_hashes", [])
+    return [h for h in hashes if isinstance(h, str)] if isinstance(hashes, list) else []
+
+
 def _banner(paths: StackPaths, base: str, pccs_port: int, children: list[Child]) -> str:
     logs = ", ".join(str(c.log_path) for c in children)
+    releases = pinned_releases(paths.policy)
+    pinned = (
+        f"the simulated OS release {releases[0]} (MRTD and RTMR0-2 recomputed from its "
+        "measurement document)"
+        if releases
+        else "the platform registers"
+    )
     return (
         f"oauth3 is running (simulated TDX): {base}\n"
         f"  curl {base}/info\n"
         f'  curl "{base}/attestation?nonce=$(openssl rand -hex 32)"\n'
         f"  .venv/bin/oauth3-verify {base} --allow-simulated \\\n"
         f"      --policy {paths.policy} --pccs http://127.0.0.1:{pccs_port}\n"
-        f"policy: {paths.policy} (the compose hash, platform registers and mock root this "
-        "simulated CVM must show)\n"
+        f"policy: {paths.policy} pins the app's compose hash, {pinned} and the mock root\n"
         f"mock Intel PCCS: http://127.0.0.1:{pccs_port} (same collateral in {paths.dcap_dir})\n"
         f"logs: {logs}\n"
         "Ctrl-C stops all three.\n"

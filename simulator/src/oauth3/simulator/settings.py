@@ -17,7 +17,14 @@ from oauth3.runtime.logbuffer import Buffering
 from oauth3.runtime.logs import valid_level
 
 from .mockdcap import MockDcapOptions
-from .state import ATTACKS, EVENT_LOG_FORMATS, CvmVariant, EventLogFormat
+from .state import (
+    ATTACKS,
+    EVENT_LOG_FORMATS,
+    OS_RELEASE_MODES,
+    CvmVariant,
+    EventLogFormat,
+    OsReleaseMode,
+)
 
 DEFAULT_SEED = "oauth3-simulator"
 DEFAULT_APP_COMPOSE = "default-app-compose.json"
@@ -41,6 +48,8 @@ ENVIRONMENT = {
     "revoked_pck": "OAUTH3_SIM_REVOKED_PCK",
     "collateral_validity_s": "OAUTH3_SIM_COLLATERAL_VALIDITY_S",
     "runtime_events": "OAUTH3_SIM_RUNTIME_EVENTS",
+    "kms": "OAUTH3_SIM_KMS",
+    "os_release": "OAUTH3_SIM_OS_RELEASE",
     "emit_event": "OAUTH3_SIM_EMIT_EVENTS",
     "attack": "OAUTH3_SIM_ATTACKS",
     "log_level": "OAUTH3_LOG_LEVEL",
@@ -166,6 +175,20 @@ def parser(prog: str, parser_class: type[argparse.ArgumentParser]) -> argparse.A
         help=f"RTMR3 digest format: 1 (OS 0.5) or 2 (JCS, OS 0.6) [{env['runtime_events']}]",
     )
     cli.add_argument(
+        "--kms",
+        action="store_const",
+        const="1",
+        help="boot with a simulated KMS, as Phala Cloud production does: os-image-hash, a KMS "
+        f"key-provider and a registered app id in RTMR3 [{env['kms']}=1]",
+    )
+    cli.add_argument(
+        "--os-release",
+        choices=OS_RELEASE_MODES,
+        help="simulated (default): boot a simulated OS release the dstack 0.6 lite way, its "
+        "measurement document in vm_config; none: a dstack 0.5.5 host naming an unpublished "
+        f"image by hash only [{env['os_release']}]",
+    )
+    cli.add_argument(
         "--emit-event",
         metavar="NAME=HEX",
         action="append",
@@ -274,10 +297,20 @@ def _variant(args: argparse.Namespace, env: Mapping[str, str]) -> CvmVariant:
     version = _pick(args, env, "runtime_events")
     if version is not None and version[0] not in ("1", "2"):
         raise ConfigError(f"{version[1]} must be 1 or 2, got {version[0]!r}")
+    kms = _pick(args, env, "kms")
+    if kms is not None and kms[0] not in ("0", "1", "true", "false"):
+        raise ConfigError(f"{kms[1]} must be 1 or 0, got {kms[0]!r}")
+    release = _pick(args, env, "os_release")
+    if release is not None and release[0] not in OS_RELEASE_MODES:
+        raise ConfigError(
+            f"{release[1]} must be one of {', '.join(OS_RELEASE_MODES)}, got {release[0]!r}"
+        )
     return CvmVariant(
         attacks=frozenset(attacks),
         emitted=tuple(emitted),
         runtime_event_version=2 if version is not None and version[0] == "2" else 1,
+        kms=kms is not None and kms[0] in ("1", "true"),
+        os_release=cast(OsReleaseMode, release[0]) if release is not None else "simulated",
     )
 
 

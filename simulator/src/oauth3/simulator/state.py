@@ -2,8 +2,9 @@
 
 Everything is derived from (seed, app-compose bytes), so the quote, the event log and Info agree:
 RTMR0-3 replay from the log, the compose-hash event is SHA-256 of the app-compose served in Info,
-and mr_config_id binds the same hash. The deployment is KMS-less: app-id = compose_hash[:20] and
-the key provider is `{"name":"none","id":""}`.
+and mr_config_id binds the same hash. By default the deployment is KMS-less: app-id =
+compose_hash[:20] and the key provider is `{"name":"none","id":""}`; a KMS boot (`kms.py`) adds
+the os-image-hash event, the KMS key provider and an app id the deployment registered.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import orjson
 from oauth3.attestation import (
     RUNTIME_EVENT_TYPE,
     Event,
-    app_id_without_kms,
     compose_hash,
     dump_event_log,
     event_objects,
@@ -29,20 +29,37 @@ from oauth3.attestation import (
     stripped,
 )
 from oauth3.attestation.dstack_os import a_dev_release
+from oauth3.attestation.tdx_registers import ACPI_EVENT_NAMES, shape_from_vm_config
 from oauth3.simulator.quote import DEFAULT_TD_ATTRIBUTES, QuoteSigner, build_quote, td_report_body
 
+from .kms import KEY_PROVIDER_INFO, key_provision
+from .release import SimulatedRelease, cmdline_payload, measured_as_released, simulated_release
+from .seeded import Seed
 from .wire import RpcError
 
 EventLogFormat = Literal["full", "stripped"]
 EVENT_LOG_FORMATS: tuple[EventLogFormat, ...] = ("full", "stripped")
-Attack = Literal["debug-td", "retyped-os-events", "dev-os", "other-mrtd"]
+ACPI_NAMES = frozenset(ACPI_EVENT_NAMES)
+Attack = Literal[
+    "debug-td",
+    "retyped-os-events",
+    "dev-os",
+    "other-mrtd",
+    "other-kms",
+    "late-key-provider",
+    "late-os-image-hash",
+]
+# attacks that only make sense on a KMS boot, which they imply
+KMS_ATTACKS: frozenset[str] = frozenset({"other-kms", "late-key-provider"})
 ATTACKS: tuple[Attack, ...] = get_args(Attack)
 RuntimeEventVersion = Literal[1, 2]
 STORAGE_FS = b"ext4"
 TD_DEBUG = 0x01
 QEMU_VERSION = "9.2.1"
+VM_SHAPE = {"cpu_count": 2, "memory_size": 2 * 1024**3}
+OsReleaseMode = Literal["simulated", "none"]
+OS_RELEASE_MODES: tuple[OsReleaseMode, ...] = get_args(OsReleaseMode)
 REPORT_DATA_SIZE = 64
-KEY_PROVIDER_INFO = '{"name":"none","id":""}'
 CLOUD_VENDOR = "oauth3 simulator"
 CLOUD_PRODUCT = "simulated TDX CVM (not Intel hardware)"
 
@@ -57,18 +74,6 @@ EV_EFI_PLATFORM_FIRMWARE_BLOB2 = 0x8000000A
 EV_EFI_HANDOFF_TABLES2 = 0x8000000B
 EFI_GLOBAL_VARIABLE = bytes.fromhex("61dfe48bca93d211aa0d00e098032b8c")
 EFI_IMAGE_SECURITY_DATABASE = bytes.fromhex("cbb219d73a3d9645a3bcdad00e67656f")
-
-
-class _Seed:
-    """Labelled, independent byte strings derived from the simulator seed."""
-
-    def __init__(self, seed: str) -> None:
-        self._seed = seed.encode()
-
-    def take(self, label: str, size: int) -> bytes:
-        return hashlib.shake_256(
-            b"oauth3-simulator/v1\0" + label.encode() + b"\0" + self._seed
-        ).digest(size)
 
 
 def pad_report_data(report_data: bytes) -> bytes:
@@ -94,18 +99,21 @@ def _boot(imr: int, event_type: int, payload: bytes, digest: bytes | None = None
     )
 
 
-def boot_events(seed: _Seed, os_image_hash: bytes, dev: bool = False) -> list[Event]:
+def boot_events(
+    seed: Seed, os_image_hash: bytes, dev: bool = False, cmdline: bytes | None = None
+) -> list[Event]:
     """Firmware, boot loader and kernel measurements (RTMR0-2) shaped like a real TDX boot log;
-    a dev image boots another kernel command line (root login), so RTMR2 differs."""
+    a dev image boots another kernel command line (root login), so RTMR2 differs. `cmdline` is
+    the measured command line of a release that fixes its own."""
     measured = {label: seed.take(f"digest/{label}", 48) for label in ("hob", "cfv", "kernel")}
     measured.update({f"acpi{n}": seed.take(f"digest/acpi{n}", 48) for n in range(3)})
     separator = bytes(4)
-    cmdline = (
+    default = (
         "console=ttyS0 init=/init panic=1 oauth3.simulated=1 dstack.os_image="
         + os_image_hash.hex()
         + (" dstack.dev=1 root_login=1" if dev else "")
     )
-    cmdline_payload = b"LOADED_IMAGE::LoadOptions\0" + cmdline.encode("utf-16-le")
+    cmdline_payload = cmdline or b"LOADED_IMAGE::LoadOptions\0" + default.encode("utf-16-le")
     return [
         _boot(0, EV_EFI_HANDOFF_TABLES2, b"\x09TdxTable\0" + seed.take("hob", 24), measured["hob"]),
         _boot(0, EV_EFI_PLATFORM_FIRMWARE_BLOB2, b"\x0dSIMULATED-CFV" + bytes(16), measured["cfv"]),
@@ -161,10 +169,14 @@ def runtime_events(
     app_id: bytes,
     compose_digest: bytes,
     instance_id: bytes,
-    key_provider_info: str,
+    key_provider: str,
     version: RuntimeEventVersion = 1,
+    *,
+    kms_os_image_hash: bytes | None = None,
 ) -> list[Event]:
-    """The RTMR3 sequence a KMS-less dstack OS (0.5.5 and later) measures while booting an app."""
+    """The RTMR3 sequence a dstack OS (0.5.5 and later) measures while booting an app; with a KMS,
+    the os-image-hash the KMS answered comes between boot-mr-done and key-provider."""
+    kms = [] if kms_os_image_hash is None else [("os-image-hash", kms_os_image_hash)]
     return [
         runtime_event(name, payload, version)
         for name, payload in (
@@ -173,7 +185,8 @@ def runtime_events(
             ("compose-hash", compose_digest),
             ("instance-id", instance_id),
             ("boot-mr-done", b""),
-            ("key-provider", key_provider_info.encode()),
+            *kms,
+            ("key-provider", key_provider.encode()),
             ("storage-fs", STORAGE_FS),
             ("system-ready", b""),
         )
@@ -200,26 +213,60 @@ class CvmVariant:
     attacks: frozenset[Attack] = frozenset()
     emitted: tuple[tuple[str, bytes], ...] = ()
     runtime_event_version: RuntimeEventVersion = 1
+    kms: bool = False
+    os_release: OsReleaseMode = "simulated"
+
+    @property
+    def boots_with_kms(self) -> bool:
+        """A KMS boot: asked for, or implied by an attack on one."""
+        return self.kms or bool(KMS_ATTACKS.intersection(self.attacks))
 
 
-def vm_config_json(os_image_hash: bytes) -> str:
-    """The host's vm_config string with the 12 keys dstack 0.5.5 sends, in its key order."""
+def vm_config_json(os_image_hash: bytes, release: SimulatedRelease | None = None) -> str:
+    """The host's vm_config string: the 12 keys dstack 0.5.5 sends, in its key order; or, for a
+    release booted the lite way, the keys of a dstack 0.6 host with the measurement document."""
+    if release is None:
+        return json.dumps(
+            {
+                "spec_version": 1,
+                "os_image_hash": os_image_hash.hex(),
+                **VM_SHAPE,
+                "qemu_single_pass_add_pages": False,
+                "pic": False,
+                "pci_hole64_size": 0,
+                "num_gpus": 0,
+                "num_nvswitches": 0,
+                "hugepages": False,
+                "hotplug_off": False,
+                "qemu_version": QEMU_VERSION,
+            }
+        )
     return json.dumps(
         {
-            "spec_version": 1,
             "os_image_hash": os_image_hash.hex(),
-            "cpu_count": 2,
-            "memory_size": 2 * 1024**3,
-            "qemu_single_pass_add_pages": False,
-            "pic": False,
+            **VM_SHAPE,
+            "qemu_version": QEMU_VERSION,
             "pci_hole64_size": 0,
+            "hugepages": False,
             "num_gpus": 0,
             "num_nvswitches": 0,
-            "hugepages": False,
             "hotplug_off": False,
-            "qemu_version": QEMU_VERSION,
+            **release.vm_config_fields(),
+            "spec_version": 1,
         }
     )
+
+
+def os_image(seed: Seed, variant: CvmVariant) -> tuple[bytes, SimulatedRelease | None]:
+    """The OS the CVM boots: the seed's simulated release (lite), a published dev image (the
+    dev-os attack) or, without a release, an unpublished image the host names by hash only."""
+    if "dev-os" in variant.attacks:
+        return a_dev_release().os_image_hash, None
+    if variant.os_release == "none":
+        return seed.take("os-image", 32), None
+    shape = shape_from_vm_config({**VM_SHAPE, "qemu_version": QEMU_VERSION})
+    release = simulated_release(seed.take, shape)
+    return release.os_image_hash, release
 
 
 def _app_compose_fields(app_compose: bytes) -> dict[str, Any]:
@@ -287,7 +334,16 @@ class SimulatedCvm:
     def event_log(self, fmt: EventLogFormat) -> str:
         """GetQuote's `event_log` string: `full` (OS <= 0.5.5) or `stripped` (OS >= 0.5.6)."""
         events = self.log_events
-        return dump_event_log(events if fmt == "full" else stripped(events))
+        if fmt == "full":
+            return dump_event_log(events)
+        # dstack 0.6 keeps the named ACPI events' marker payload, which lite verification reads
+        kept = [
+            replace(short, event_payload=event.event_payload)
+            if event.event in ACPI_NAMES
+            else short
+            for event, short in zip(events, stripped(events), strict=True)
+        ]
+        return dump_event_log(kept)
 
     def tcb_info(self) -> str:
         """Info's `tcb_info`: pretty JSON with the RTMRs, hashes, full event log and app-compose."""
@@ -322,6 +378,13 @@ class SimulatedCvm:
         }
 
 
+def _mr_td(seed: Seed, attacks: frozenset[Attack], release: SimulatedRelease | None) -> bytes:
+    """The firmware the TD booted: the release's, unless the host swapped it (other-mrtd)."""
+    if "other-mrtd" in attacks:
+        return seed.take("mr-td/other", 48)
+    return release.registers.mrtd if release else seed.take("mr-td", 48)
+
+
 def build_cvm(
     app_compose: bytes, seed: str, signer: QuoteSigner, variant: CvmVariant | None = None
 ) -> SimulatedCvm:
@@ -330,20 +393,30 @@ def build_cvm(
     variant = variant or CvmVariant()
     attacks = variant.attacks
     document = _app_compose_fields(app_compose)
-    derive = _Seed(seed)
+    derive = Seed(seed)
     digest = compose_hash(app_compose)
-    app_id = app_id_without_kms(digest)
+    dev = "dev-os" in attacks
+    os_image_hash, release = os_image(derive, variant)
+    keys = key_provision(seed, variant.attacks, variant.boots_with_kms, digest, os_image_hash)
+    app_id = keys.app_id
     instance_id = (
         b""
         if document.get("no_instance_id") is True
         else hashlib.sha256(derive.take("instance-id-seed", 32) + app_id).digest()[:20]
     )
-    dev = "dev-os" in attacks
-    os_image_hash = a_dev_release().os_image_hash if dev else derive.take("os-image", 32)
     version = variant.runtime_event_version
+    firmware = boot_events(derive, os_image_hash, dev, cmdline_payload() if release else None)
     events = [
-        *boot_events(derive, os_image_hash, dev=dev),
-        *runtime_events(app_id, digest, instance_id, KEY_PROVIDER_INFO, version),
+        *(measured_as_released(firmware, release.registers) if release else firmware),
+        *runtime_events(
+            app_id,
+            digest,
+            instance_id,
+            keys.key_provider,
+            version,
+            kms_os_image_hash=keys.kms_os_image_hash,
+        ),
+        *(runtime_event(name, payload, version) for name, payload in keys.late_events),
         *(runtime_event(name, payload, version) for name, payload in variant.emitted),
     ]
     td_attributes = DEFAULT_TD_ATTRIBUTES
@@ -355,15 +428,16 @@ def build_cvm(
         compose_hash=digest,
         app_id=app_id,
         instance_id=instance_id,
-        mr_td=derive.take("mr-td/other" if "other-mrtd" in attacks else "mr-td", 48),
+        mr_td=_mr_td(derive, attacks, release),
         # the host picks mr_config_id at launch; a host playing the retyping attack leaves it
         # unused (all zero, as most deployments have it), so it cannot betray the real hash
         mr_config_id=bytes(48) if "retyped-os-events" in attacks else mr_config_id_v1(digest),
         rtmrs=replay_rtmrs(events),
         events=tuple(events),
         os_image_hash=os_image_hash,
-        vm_config=vm_config_json(os_image_hash),
+        vm_config=vm_config_json(os_image_hash, release),
         signer=signer,
+        key_provider_info=keys.key_provider,
         td_attributes=td_attributes,
         served_events=tuple(retyped(events)) if "retyped-os-events" in attacks else None,
     )

@@ -38,6 +38,7 @@ from .policy import (
     PlatformPin,
     Policy,
     PolicyError,
+    key_provider_pin,
     load_policy,
     merge,
     platform_pin,
@@ -165,6 +166,13 @@ def _parser(*, json_mode: bool = False) -> _Parser:
     pins.add_argument("--expect-compose-hash", metavar="HEX", action="append", default=[])
     pins.add_argument("--expect-app-id", metavar="HEX", action="append", default=[])
     pins.add_argument(
+        "--expect-key-provider",
+        metavar="NAME:HEX",
+        action="append",
+        default=[],
+        help="accept this key provider (kms:<root public key hex>, none:, …; repeatable)",
+    )
+    pins.add_argument(
         "--expect-os-image-hash",
         metavar="HEX",
         action="append",
@@ -265,8 +273,18 @@ def _policy(args: argparse.Namespace) -> Policy:
         for name, value in platform_values.items():
             _hex_arg(value, PLATFORM_FLAGS[name], PLATFORM_FIELDS[name])
         platforms = (platform_pin(platform_values, "flags", name="given by flags"),)
+    try:
+        key_providers = frozenset(
+            key_provider_pin(text, "--expect-key-provider") for text in args.expect_key_provider
+        )
+    except PolicyError as exc:
+        _usage(f"error: {exc}")
     pinned_by_flags = bool(
-        platforms or args.expect_compose_hash or args.expect_app_id or args.expect_os_image_hash
+        platforms
+        or args.expect_compose_hash
+        or args.expect_app_id
+        or args.expect_os_image_hash
+        or key_providers
     )
     policy = merge(
         base,
@@ -274,6 +292,7 @@ def _policy(args: argparse.Namespace) -> Policy:
             _hex_arg(h, "--expect-compose-hash", 32) for h in args.expect_compose_hash
         ),
         app_ids=frozenset(_hex_arg(h, "--expect-app-id", 20) for h in args.expect_app_id),
+        key_providers=key_providers,
         platforms=platforms,
         os_image_hashes=frozenset(
             _hex_arg(h, "--expect-os-image-hash", 32) for h in args.expect_os_image_hash

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from .platform import RECOMPUTED
-from .policy import PlatformPin, Policy, render_policy
+from .policy import PlatformPin, Policy, measured_key_provider, render_policy
 from .verdict import Step, Verdict
 
 # written as commented-out suggestions: they tie a policy to one TDX module and TD shape
@@ -21,14 +21,17 @@ def recomputed_release(verdict: Verdict) -> bytes | None:
 
 
 def observed_policy(verdict: Verdict, previous: Policy) -> Policy:
-    """The policy a verification observed: its app, its OS release when one was recomputed
-    (else its platform registers), TCB status and advisories (and a simulator's mock root)."""
+    """The policy a verification observed: its app and key provider, its OS release when one was
+    recomputed (else its platform registers), TCB status and advisories (and a simulator's mock
+    root)."""
     measured = verdict.measurements
     values = {k: bytes.fromhex(measured[k]) for k in ("mrtd", "rtmr0", "rtmr1", "rtmr2")}
     release = recomputed_release(verdict)
+    provider = measured_key_provider(verdict.key_provider)
     return Policy(
         compose_hashes=frozenset([verdict.compose_hash] if verdict.compose_hash else []),
         app_ids=frozenset([verdict.app_id] if verdict.app_id else []),
+        key_providers=frozenset([provider] if provider is not None else []),
         platforms=() if release else (PlatformPin(name="observed", values=values),),
         os_image_hashes=frozenset([release] if release else []),
         allowed_tcb=frozenset([verdict.tcb_status]) if verdict.tcb_status else previous.allowed_tcb,

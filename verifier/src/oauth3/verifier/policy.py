@@ -8,6 +8,7 @@ registers is an error naming the key, never a silently weaker policy.
 
 from __future__ import annotations
 
+import json
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -50,8 +51,62 @@ PLATFORM_LABELS: Mapping[str, str] = {
 }
 
 
+# dstack's key providers (KeyProviderInfo names) and whether each carries an id
+KEY_PROVIDER_IDS: Mapping[str, bool] = {"kms": True, "local-sgx": True, "tpm": False, "none": False}
+
+
 class PolicyError(ValueError):
     """A policy file or pin flag is malformed; the message names the key (exit code 2)."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class KeyProvider:
+    """Where a dstack OS got its keys, as its RTMR3 `key-provider` event names it: a KMS by its
+    root public key, a local SGX key provider by its measurement, or none/tpm (no id)."""
+
+    name: str
+    provider_id: bytes = b""
+
+    @property
+    def payload(self) -> bytes:
+        """The exact `key-provider` event payload dstack measures for this provider."""
+        return json.dumps(
+            {"name": self.name, "id": self.provider_id.hex()}, separators=(",", ":")
+        ).encode()
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.provider_id.hex()}"
+
+
+def key_provider_pin(text: object, where: str) -> KeyProvider:
+    """A key provider given as `NAME:HEX` (e.g. `kms:3059…`, `none:`); PolicyError otherwise."""
+    if not isinstance(text, str):
+        raise PolicyError(f"{where} must be a string NAME:HEX")
+    name, colon, hex_id = text.partition(":")
+    if not colon or name not in KEY_PROVIDER_IDS:
+        raise PolicyError(
+            f"{where} must be NAME:HEX with NAME one of {', '.join(KEY_PROVIDER_IDS)}"
+        )
+    if any(c not in "0123456789abcdefABCDEF" for c in hex_id) or len(hex_id) % 2:
+        raise PolicyError(f"{where}: the id after {name}: is not hex")
+    if hex_id and not KEY_PROVIDER_IDS[name]:
+        raise PolicyError(f"{where}: key provider {name} has no id (write it as {name}:)")
+    if not hex_id and KEY_PROVIDER_IDS[name]:
+        raise PolicyError(f"{where}: key provider {name} needs an id")
+    return KeyProvider(name, bytes.fromhex(hex_id))
+
+
+def measured_key_provider(payload: bytes | None) -> KeyProvider | None:
+    """The provider a measured `key-provider` payload names, when it is exactly dstack's
+    serialisation of a known one (anything else can never match a pin)."""
+    if payload is None:
+        return None
+    try:
+        document = json.loads(payload)
+        provider = key_provider_pin(f"{document['name']}:{document['id']}", "key-provider")
+    except (ValueError, TypeError, KeyError, PolicyError):
+        return None
+    return provider if provider.payload == payload else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +142,7 @@ class Policy:
 
     compose_hashes: frozenset[bytes] = frozenset()
     app_ids: frozenset[bytes] = frozenset()
+    key_providers: frozenset[KeyProvider] = frozenset()
     platforms: tuple[PlatformPin, ...] = ()
     allowed_tcb: frozenset[str] = DEFAULT_ALLOWED_TCB
     allowed_advisories: frozenset[str] = frozenset()
@@ -190,7 +246,7 @@ def parse_policy(text: str, source: str) -> Policy:
     _no_unknown(doc, ["format", "app", "platform", "tcb", "os", "simulated"], "policy")
     if doc.get("format") != POLICY_FORMAT:
         raise PolicyError(f"format must be {POLICY_FORMAT}, got {doc.get('format')!r}")
-    app = _table(doc, "app", ["compose_hashes", "app_ids"])
+    app = _table(doc, "app", ["compose_hashes", "app_ids", "key_providers"])
     tcb = _table(
         doc, "tcb", ["allowed_statuses", "allowed_advisories", "min_evaluation_data_number"]
     )
@@ -219,6 +275,10 @@ def parse_policy(text: str, source: str) -> Policy:
     return Policy(
         compose_hashes=_hex_set(app, "compose_hashes", "[app]", 32),
         app_ids=_hex_set(app, "app_ids", "[app]", 20),
+        key_providers=frozenset(
+            key_provider_pin(item, f"[app].key_providers[{index}]")
+            for index, item in enumerate(_list(app, "key_providers", "[app]"))
+        ),
         platforms=tuple(platforms),
         allowed_tcb=(
             tcb_statuses(_strings(tcb, "allowed_statuses", "[tcb]"), "[tcb].allowed_statuses")
@@ -285,6 +345,19 @@ HEADER = """\
 """
 
 
+def _app_section(policy: Policy) -> str:
+    return (
+        "\n[app]\n"
+        "# SHA-256 of the exact app-compose.json the CVM booted (RTMR3 compose-hash event).\n"
+        f"compose_hashes = {_hex_list(policy.compose_hashes)}\n"
+        "# Optional: accepted app ids (20 bytes; with KMS the platform assigns them).\n"
+        f"app_ids = {_hex_list(policy.app_ids)}\n"
+        "# Optional: accepted key providers (RTMR3 key-provider event), NAME:HEX, e.g. the KMS\n"
+        '# "kms:<hex of its root public key>", or "none:" for a CVM without one.\n'
+        f"key_providers = {_string_list(str(k) for k in policy.key_providers)}\n"
+    )
+
+
 def _os_section(policy: Policy) -> str:
     return (
         "\n[os]\n"
@@ -310,13 +383,7 @@ def render_policy(
     values and the observed TCB evaluation number are written commented out, to enable."""
     seen = toml_string(" ".join(observed_from.split()))[1:-1]
     parts = [HEADER, f"# observed from: {seen}\n" if observed_from else "", "format = 1\n"]
-    parts.append(
-        "\n[app]\n"
-        "# SHA-256 of the exact app-compose.json the CVM booted (RTMR3 compose-hash event).\n"
-        f"compose_hashes = {_hex_list(policy.compose_hashes)}\n"
-        "# Optional: accepted app ids (20 bytes; with KMS the platform assigns them).\n"
-        f"app_ids = {_hex_list(policy.app_ids)}\n"
-    )
+    parts.append(_app_section(policy))
     for pin in policy.platforms:
         parts.append(
             "\n# One [[platform]] per accepted platform. MRTD is the TD firmware; RTMR0-2 what\n"

@@ -44,7 +44,7 @@ from .platform import (
     parse_vm_config,
     vouched_by,
 )
-from .policy import PlatformPin, Policy
+from .policy import PlatformPin, Policy, measured_key_provider
 from .verdict import (
     EvidenceStep,
     Outcome,
@@ -702,6 +702,14 @@ def _check_compose(evidence: Evidence, state: _State, options: VerifyOptions) ->
         )
     if policy.app_ids and boot.app_id not in policy.app_ids:
         raise fail(f"app id {boot.app_id.hex()} is not one you pinned ({policy.source})", details)
+    provider = measured_key_provider(boot.key_provider_payload)
+    if policy.key_providers and provider not in policy.key_providers:
+        shown = str(provider) if provider is not None else "one that is not dstack's serialisation"
+        raise fail(
+            f"key provider {shown} is not one you pinned ({policy.source}): the app's keys "
+            "come from elsewhere",
+            details,
+        )
     said = f"compose hash {boot.compose_hash.hex()[:16]}…, app id {boot.app_id.hex()}"
     if bound is not None:
         said += ", agrees with mr_config_id"
@@ -713,6 +721,7 @@ def _check_compose(evidence: Evidence, state: _State, options: VerifyOptions) ->
             details,
         )
     app = ", app id pinned" if policy.app_ids else ""
+    app += ", key provider pinned" if policy.key_providers else ""
     return StepResult(Step.COMPOSE, Outcome.PASS, f"{said}; pinned ({policy.source}){app}", details)
 
 
@@ -769,6 +778,7 @@ def verify_evidence(
         report_data=state.quote.report.report_data if state.quote is not None else None,
         compose_hash=boot.compose_hash if boot is not None else None,
         app_id=boot.app_id if boot is not None else None,
+        key_provider=boot.key_provider_payload if boot is not None else None,
         tcb_status=str(report.status) if report is not None else None,
         advisory_ids=tuple(str(a) for a in report.advisory_ids) if report is not None else (),
         measurements=(
