@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from oauth3.phala.manifest import render
 from oauth3.simulator.devstack import Child, StackPaths, start_stack, stop_all
-from oauth3.verifier.phala import render
 from tests.fakes import short_socket_dir
 from tests.verifycli import pins_for
 

@@ -14,7 +14,8 @@ import pytest
 import yaml
 from dstack_sdk import get_compose_hash
 
-from oauth3.verifier.phala import ManifestError, canonical_json, main, parse_images, render
+from oauth3.phala.cli import main
+from oauth3.phala.manifest import ManifestError, canonical_json, parse_images, render
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 MANIFEST = DEPLOY / "phala-app.yaml"
@@ -26,7 +27,7 @@ DSTACK_SOCKET = "/var/run/dstack.sock:/var/run/dstack.sock"
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
     """oauth3-phala in a child process, as a user runs it."""
     return subprocess.run(
-        [sys.executable, "-m", "oauth3.verifier.phala", *args],
+        [sys.executable, "-m", "oauth3.phala", *args],
         capture_output=True,
         timeout=60,
         check=False,
