@@ -17,47 +17,12 @@ import yaml
 
 from oauth3.attestation import app_id_without_kms, compose_hash
 
+from .schema import schema_problems
+
 PLACEHOLDER = re.compile(r"\{\{\s*([a-z][a-z0-9_]*)_image\s*\}\}")
 PINNED_IMAGE = re.compile(r"^[^\s@]+@sha256:[0-9a-f]{64}$")
-BOOLEAN_FIELDS = (
-    "kms_enabled",
-    "gateway_enabled",
-    "tproxy_enabled",
-    "public_logs",
-    "public_sysinfo",
-    "public_tcbinfo",
-    "no_instance_id",
-    "secure_time",
-    "local_key_provider_enabled",
-)
-STRING_FIELDS = ("name", "runner", "docker_compose_file", "key_provider", "key_provider_id")
-RUNNERS = ("docker-compose", "bash")
-KEY_PROVIDERS = ("kms", "local", "none")
 DEFAULT_COMPOSE_OUT = "docker-compose.phala.yml"
-# fields whose change alters what runs, who holds the keys, or what the world can read
-IMPORTANT_FIELDS = {
-    "docker_compose_file": "another set of containers",
-    "runner": "another way to start the app",
-    "bash_script": "a script that runs the app",
-    "init_script": "runs as root before the containers",
-    "kms_enabled": "changes who derives the app's keys",
-    "key_provider": "changes who derives the app's keys",
-    "key_provider_id": "changes who derives the app's keys",
-    "local_key_provider_enabled": "changes who derives the app's keys",
-    "public_logs": "changes what anyone can read",
-    "public_sysinfo": "changes what anyone can read",
-    "public_tcbinfo": "changes what anyone can read",
-}
-HARMLESS_FIELDS = {
-    "manifest_version": "format version",
-    "name": "display name",
-    "gateway_enabled": "routing through the dstack gateway",
-    "tproxy_enabled": "routing through the dstack gateway (old name)",
-    "secure_time": "time source at boot",
-    "no_instance_id": "whether instances get distinct ids",
-    "storage_fs": "file system of the data disk",
-    "event_log_version": "RTMR3 digest format",
-}
+KMS_CHOICES = ("phala", "ethereum", "base")
 
 
 class ManifestError(ValueError):
@@ -109,27 +74,9 @@ def canonical_json(document: Mapping[str, Any]) -> bytes:
 
 
 def _check_fields(document: Mapping[str, Any]) -> None:
-    for field in ("manifest_version", "name", "runner"):
-        if field not in document:
-            raise ManifestError(f"missing required field {field!r}")
-    version = document["manifest_version"]
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ManifestError("manifest_version must be a positive integer")
-    for field in STRING_FIELDS:
-        if field in document and not isinstance(document[field], str):
-            raise ManifestError(f"{field} must be a string")
-    for field in BOOLEAN_FIELDS:
-        if field in document and not isinstance(document[field], bool):
-            raise ManifestError(f"{field} must be true or false")
-    if document["runner"] not in RUNNERS:
-        raise ManifestError(f"runner must be one of {', '.join(RUNNERS)}")
-    if document.get("key_provider", "kms") not in KEY_PROVIDERS:
-        raise ManifestError(f"key_provider must be one of {', '.join(KEY_PROVIDERS)}")
-    envs = document.get("allowed_envs", [])
-    if not isinstance(envs, list) or not all(isinstance(e, str) for e in envs):
-        raise ManifestError("allowed_envs must be a list of variable names")
-    if document["runner"] == "docker-compose" and "docker_compose_file" not in document:
-        raise ManifestError("runner docker-compose needs docker_compose_file")
+    problems = schema_problems(document)
+    if problems:
+        raise ManifestError(problems[0])
 
 
 def _check_images(docker_compose: str) -> None:
@@ -196,10 +143,11 @@ def render(manifest: bytes, images: Mapping[str, str] | None = None) -> Rendered
     return Rendered(canonical_json(document), docker_compose, unfilled, document)
 
 
-def deploy_command(rendered: Rendered, compose_path: str) -> str:
-    """The `phala deploy` invocation for this manifest (node and KMS ids left for the operator)."""
+def deploy_command(rendered: Rendered, compose_path: str, kms: str = "phala") -> str:
+    """A `phala deploy` line a user can paste: the production OS (`--no-dev-os`, so the CLI adds
+    no SSH key), the KMS named, each allowed variable as `-e KEY=VALUE` (never `--env-file`)."""
     parts = ["phala", "deploy", "--name", str(rendered.document["name"])]
-    parts += ["--compose", compose_path, "--node-id", "<NODE_ID>"]
-    if rendered.document.get("allowed_envs"):
-        parts += ["--env-file", "<.env with " + ",".join(rendered.document["allowed_envs"]) + ">"]
+    parts += ["--compose", compose_path, "--node-id", "<NODE_ID>", "--no-dev-os", "--kms", kms]
+    for name in rendered.document.get("allowed_envs", []):
+        parts += ["-e", f"{name}=<value>"]
     return " ".join(parts)

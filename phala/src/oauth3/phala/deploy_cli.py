@@ -1,0 +1,152 @@
+"""`oauth3-phala deploy`'s options, and its last step: oauth3-verify on the running CVM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from oauth3.verifier.cli import run as run_verifier
+from oauth3.verifier.output import printable
+
+from .api import ApiSettings, PhalaCloud
+from .check import official_prelaunch_scripts
+from .deploy import DeployPlan, deploy
+from .manifest import KMS_CHOICES, ManifestError, Rendered
+from .records import policy_text, write_atomically, write_record
+
+ENV_LINE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=(.*)")
+
+
+class NotVerified(Exception):
+    """oauth3-verify did not verify the running CVM; the message carries its verdict."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The deploy subcommand's options."""
+    parser.add_argument("--name", required=True, help="the CVM name on Phala Cloud")
+    parser.add_argument("--node-id", type=int, help="the node to deploy on")
+    parser.add_argument("--instance-type", help="e.g. tdx.small")
+    parser.add_argument("--kms", choices=KMS_CHOICES, default="phala", help="which KMS")
+    parser.add_argument("-e", dest="env", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--env-file", metavar="FILE", help="KEY=VALUE lines")
+    parser.add_argument("--pre-launch-script", metavar="FILE", help="sent as pre_launch_script")
+    parser.add_argument("--allow-os-image", action="append", default=[], metavar="HASH")
+    parser.add_argument("--kms-signer", metavar="0xKEY", help="require this KMS signer")
+    parser.add_argument("--out", default="deployment.json", help="the deployment record")
+    parser.add_argument("--policy-out", default="oauth3-policy.toml", help="the policy written")
+    parser.add_argument("--no-verify", action="store_true", help="skip only oauth3-verify")
+    parser.add_argument("--verify-arg", action="append", default=[], metavar="ARG")
+    parser.add_argument("--app-url", help="the URL oauth3-verify checks (default: the API's)")
+    parser.add_argument("--wait-timeout", type=float, default=900.0, help="seconds to run")
+    parser.add_argument("--poll-interval", type=float, default=2.0, help=argparse.SUPPRESS)
+
+
+def read_envs(args: argparse.Namespace, rendered: Rendered) -> dict[str, str]:
+    """-e and --env-file values; each key must be one the manifest allows."""
+    lines = list(args.env)
+    if args.env_file:
+        text = Path(args.env_file).read_text()
+        lines += [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    envs: dict[str, str] = {}
+    allowed = set(rendered.document.get("allowed_envs", []))
+    for line in lines:
+        match = ENV_LINE.fullmatch(line)
+        if match is None:
+            raise ManifestError("an environment value is not KEY=VALUE")
+        if match.group(1) not in allowed:
+            raise ManifestError(f"{match.group(1)} is not in the manifest's allowed_envs")
+        envs[match.group(1)] = match.group(2)
+    return envs
+
+
+def _script(args: argparse.Namespace, allowed: set[str]) -> str | None:
+    if args.pre_launch_script is None:
+        return None
+    script = Path(args.pre_launch_script).read_bytes()
+    digest = __import__("hashlib").sha256(script).hexdigest()
+    if digest not in allowed and digest not in official_prelaunch_scripts():
+        raise ManifestError(
+            f"--pre-launch-script sha256 {digest} is neither Phala's official script nor "
+            "allowed (--allow-pre-launch-script)"
+        )
+    return script.decode()
+
+
+def make_plan(args: argparse.Namespace, rendered: Rendered, allowed: set[str]) -> DeployPlan:
+    """The plan from the command line (ManifestError on bad values)."""
+    if rendered.unfilled:
+        raise ManifestError(f"fill --image for {', '.join(rendered.unfilled)} before deploying")
+    images = set()
+    for value in args.allow_os_image:
+        if not re.fullmatch(r"(0x)?[0-9a-fA-F]{64}", value):
+            raise ManifestError("--allow-os-image takes a 64-hex os_image_hash")
+        images.add(bytes.fromhex(value.removeprefix("0x")))
+    return DeployPlan(
+        rendered=rendered,
+        name=args.name,
+        envs=read_envs(args, rendered),
+        kms=args.kms,
+        node_id=args.node_id,
+        instance_type=args.instance_type,
+        pre_launch_script=_script(args, allowed),
+        allowed_os_images=frozenset(images),
+        kms_signer=args.kms_signer,
+        out=Path(args.out),
+        poll_s=args.poll_interval,
+        wait_s=args.wait_timeout,
+    )
+
+
+def verify_argv(record: Mapping[str, Any], url: str, extra: list[str]) -> list[str]:
+    """oauth3-verify's argv: the committed compose hash and the app id pinned, the URL last."""
+    pins = ["--expect-compose-hash", str(record["compose_hash"])]
+    pins += ["--expect-app-id", str(record["app_id"])]
+    # the OS image pin (--expect-os-image-hash) joins here once oauth3-verify has it (issue 20)
+    return [*pins, *extra, "--", url]
+
+
+def verify_running(record: Mapping[str, Any], url: str, extra: list[str]) -> str:
+    """Run oauth3-verify in-process on the CVM; its verdict line, or NotVerified."""
+    out = io.StringIO()
+    code = run_verifier(verify_argv(record, url, extra), out)
+    lines = [ln for ln in out.getvalue().splitlines() if ln.strip()]
+    verdict = printable(lines[-1]) if lines else f"exit {code}"
+    if code != 0:
+        raise NotVerified(f"oauth3-verify refused the running CVM (exit {code}): {verdict}")
+    return verdict
+
+
+def run_deploy(args: argparse.Namespace, rendered: Rendered) -> int:
+    """The deploy command: the flow, the verification, the record and the policy."""
+    from .cli import allowed_digests  # noqa: PLC0415 - the CLI module imports this one
+
+    plan = make_plan(args, rendered, allowed_digests(args.allow_pre_launch_script))
+    settings = ApiSettings.from_environment(os.environ, args.timeout)
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    async def flow() -> dict[str, Any]:
+        async with aiohttp.ClientSession() as session:
+            return await deploy(PhalaCloud(session, settings), plan, say)
+
+    record = asyncio.run(flow())
+    url = args.app_url or record.get("app_url")
+    if args.no_verify:
+        say("NOT VERIFIED: --no-verify skipped oauth3-verify on the running CVM")
+    elif not isinstance(url, str) or not url:
+        raise NotVerified("no URL to verify: the API gave none; pass --app-url")
+    else:
+        say(f"verified   {verify_running(record, url, args.verify_arg)}")
+    write_record(plan.out, record)
+    write_atomically(Path(args.policy_out), policy_text(record).encode())
+    say(f"wrote      {plan.out} and {args.policy_out}")
+    return 0
