@@ -1,0 +1,159 @@
+"""oauth3-phala deploy against a fake Phala Cloud API played honest and dishonest: every lie visible
+before commit ends with no commit request in the fake's journal; one after commit stops the CVM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import yaml
+from aiohttp import web
+
+from tests.phala_fake import FakePhala
+
+MANIFEST = Path(__file__).resolve().parent.parent / "deploy" / "phala-app.yaml"
+SIDECAR = "registry.example/oauth3-sidecar@sha256:" + "ab" * 32
+SERVICE = "registry.example/oauth3-service@sha256:" + "cd" * 32
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[tuple[FakePhala, str]]:
+    """The fake API on an ephemeral loopback port, and its API prefix."""
+    state = FakePhala()
+    runner = web.AppRunner(state.app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    yield state, f"http://127.0.0.1:{port}/api/v1"
+    await runner.cleanup()
+
+
+def manifest_with_env(tmp_path: Path) -> Path:
+    """The project's manifest, allowing one variable (for the encrypted-env round trip)."""
+    document = yaml.safe_load(MANIFEST.read_bytes())
+    document["allowed_envs"] = ["GREETING"]
+    path = tmp_path / "app.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+async def deploy(prefix: str, tmp_path: Path, *extra: str) -> tuple[int, str, str]:
+    """oauth3-phala deploy as a process; (exit code, stdout, stderr)."""
+    env = {**os.environ, "PHALA_CLOUD_API_PREFIX": prefix, "PHALA_CLOUD_API_KEY": "test-key"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "oauth3.phala", "deploy", str(manifest_with_env(tmp_path)),
+        "--name", "oauth3-test", "--image", f"sidecar={SIDECAR}", "--image", f"service={SERVICE}",
+        "-e", "GREETING=hello world", "--out", str(tmp_path / "deployment.json"),
+        "--policy-out", str(tmp_path / "policy.toml"), "--poll-interval", "0.01", *extra,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_an_honest_backend_deploys_and_the_env_round_trips(
+    fake: tuple[FakePhala, str], tmp_path: Path
+) -> None:
+    state, prefix = fake
+    code, out, err = await deploy(prefix, tmp_path, "--no-verify")
+    assert code == 0, out + err
+    assert len(state.commits()) == 1
+    assert state.received_envs == [{"GREETING": "hello world"}]
+    record = json.loads((tmp_path / "deployment.json").read_text())
+    assert record["state"] == "deployed"
+    assert record["cvm_id"] == "cvm-1"
+    assert record["app_id"] == state.app_id
+    assert record["instance_id"] == "cd" * 20
+    sent = state.journal[0][2]
+    assert sent["prefer_dev"] is False
+    assert sent["compose_file"]["secure_time"] is False
+    assert "DSTACK_AUTHORIZED_KEYS" not in sent["compose_file"]["allowed_envs"]
+    assert record["compose_hash"] in (tmp_path / "policy.toml").read_text()
+    assert "NOT VERIFIED: --no-verify" in out
+    assert "CVM running" in out
+
+
+@pytest.mark.parametrize(
+    ("mode", "reason"),
+    [
+        ("wrong_hash", "is not sha256 of the app-compose sent"),
+        ("inject_ssh", "is not sha256 of the app-compose sent"),
+        ("foreign_script", "is not sha256 of the app-compose sent"),
+        ("dev_os", "dev OS image"),
+        ("wrong_key_signature", "signed another env-encryption key"),
+    ],
+)
+async def test_a_lie_visible_before_commit_commits_nothing(
+    fake: tuple[FakePhala, str], tmp_path: Path, mode: str, reason: str
+) -> None:
+    state, prefix = fake
+    state.mode = mode
+    code, out, err = await deploy(prefix, tmp_path, "--no-verify")
+    assert code == 3, out + err
+    assert reason in err
+    assert err.count("\n") == 1
+    assert state.commits() == []
+    assert "Traceback" not in err
+
+
+async def test_a_backend_storing_other_bytes_than_it_hashed_is_caught_and_stopped(
+    fake: tuple[FakePhala, str], tmp_path: Path
+) -> None:
+    state, prefix = fake
+    state.mode = "stores_other"
+    code, _, err = await deploy(prefix, tmp_path, "--no-verify")
+    assert code == 5
+    assert "the CVM was stopped" in err
+    assert ("POST", "/api/v1/cvms/cvm-1/stop", None) in state.journal
+    assert json.loads((tmp_path / "deployment.json").read_text())["state"] == "committed"
+
+
+async def test_a_5xx_is_retried_then_deploys(fake: tuple[FakePhala, str], tmp_path: Path) -> None:
+    state, prefix = fake
+    state.mode = "flaky"
+    code, out, err = await deploy(prefix, tmp_path, "--no-verify")
+    assert code == 0, out + err
+    assert len(state.commits()) == 1
+
+
+async def test_a_409_on_commit_is_one_line_and_a_rerun_neither_duplicates_nor_reprovisions(
+    fake: tuple[FakePhala, str], tmp_path: Path
+) -> None:
+    state, prefix = fake
+    state.mode = "conflict"
+    code, _, err = await deploy(prefix, tmp_path, "--no-verify")
+    assert code == 4
+    assert "HTTP 409" in err
+    assert err.count("\n") == 1
+    provisions = [b for _, _, b in state.journal if isinstance(b, dict) and "compose_file" in b]
+    assert len(provisions) == 1
+    state.mode = "honest"
+    code, out, err = await deploy(prefix, tmp_path, "--no-verify")
+    assert code == 0, out + err
+    assert "resuming" in out
+    provisions = [b for _, _, b in state.journal if isinstance(b, dict) and "compose_file" in b]
+    assert len(provisions) == 1
+    assert len({(c["app_id"], c["compose_hash"]) for c in state.commits()}) == 1
+    again, _, err = await deploy(prefix, tmp_path, "--no-verify")
+    assert again == 3
+    assert "deployed already" in err
+
+
+async def test_api_errors_are_one_line(fake: tuple[FakePhala, str], tmp_path: Path) -> None:
+    _, prefix = fake
+    code, _, err = await deploy(prefix.replace("/api/v1", "/nowhere"), tmp_path, "--no-verify")
+    assert code == 4
+    assert err.count("\n") == 1
+    closed = "http://127.0.0.1:9/api/v1"
+    code, _, err = await deploy(closed, tmp_path, "--no-verify", "--timeout", "2")
+    assert code == 4
+    assert err.count("\n") == 1
+    assert "Traceback" not in err
