@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import io
 import os
 import re
@@ -71,7 +72,7 @@ def _script(args: argparse.Namespace, allowed: set[str]) -> str | None:
     if args.pre_launch_script is None:
         return None
     script = Path(args.pre_launch_script).read_bytes()
-    digest = __import__("hashlib").sha256(script).hexdigest()
+    digest = hashlib.sha256(script).hexdigest()
     if digest not in allowed and digest not in official_prelaunch_scripts():
         raise ManifestError(
             f"--pre-launch-script sha256 {digest} is neither Phala's official script nor "
