@@ -111,12 +111,13 @@ def observed_pins(stack: RunningStack) -> list[str]:
 
 
 @contextmanager
-def running_stack(**env: str) -> Iterator[RunningStack]:
-    """Start the three processes (extra environment from `env`) and stop them afterwards."""
+def running_stack(manifest: Path = MANIFEST, **env: str) -> Iterator[RunningStack]:
+    """Start the three processes (extra environment from `env`; the simulator measures
+    `manifest`, rendered) and stop them afterwards."""
     paths = StackPaths(short_socket_dir())
     port, pccs_port = free_port(), free_port()
     children = start_stack(
-        paths, "127.0.0.1", port, {**os.environ, **env}, pccs_port=pccs_port, manifest=MANIFEST
+        paths, "127.0.0.1", port, {**os.environ, **env}, pccs_port=pccs_port, manifest=manifest
     )
     try:
         yield RunningStack(

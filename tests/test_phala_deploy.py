@@ -4,21 +4,28 @@ before commit ends with no commit request in the fake's journal; one after commi
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 import yaml
 from aiohttp import web
 
+from oauth3.phala.deploy import DeployPlan, compose_to_send
+from oauth3.phala.manifest import canonical_json, parse_images, render
 from tests.phala_fake import FakePhala
+from tests.stack import collateral, root, running_stack
+from tests.verifycli import platform_flags
 
 MANIFEST = Path(__file__).resolve().parent.parent / "deploy" / "phala-app.yaml"
 SIDECAR = "registry.example/oauth3-sidecar@sha256:" + "ab" * 32
 SERVICE = "registry.example/oauth3-service@sha256:" + "cd" * 32
+IMAGES = [f"sidecar={SIDECAR}", f"service={SERVICE}"]
 
 
 @pytest.fixture
@@ -157,3 +164,48 @@ async def test_api_errors_are_one_line(fake: tuple[FakePhala, str], tmp_path: Pa
     assert code == 4
     assert err.count("\n") == 1
     assert "Traceback" not in err
+
+
+def simulated_manifest(tmp_path: Path) -> tuple[Path, str]:
+    """A manifest whose rendering is byte for byte the app-compose deploy sends for
+    manifest_with_env, so the simulator measures what the deployment commits; and its hash."""
+    rendered = render(manifest_with_env(tmp_path).read_bytes(), parse_images(IMAGES))
+    sent = compose_to_send(DeployPlan(rendered=rendered, name="oauth3-test", envs={}))
+    path = tmp_path / "simulated.yaml"
+    path.write_text(yaml.safe_dump(sent))
+    again = render(path.read_bytes())
+    assert again.app_compose == canonical_json(sent)
+    return path, again.compose_hash.hex()
+
+
+async def test_the_last_step_verifies_the_running_cvm_with_oauth3_verify(
+    fake: tuple[FakePhala, str], tmp_path: Path
+) -> None:
+    state, prefix = fake
+    manifest, digest = simulated_manifest(tmp_path)
+    with running_stack(manifest=manifest) as stack:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{stack.base_url}/attestation") as response,
+        ):
+            quote = base64.b64decode((await response.json())["quote"])
+        flags = [*root(stack), *collateral(stack), *platform_flags(quote)]
+        pairs = zip(flags[0::2], flags[1::2], strict=True)
+        verify_args = [
+            "--verify-arg=--allow-simulated",
+            *(f"--verify-arg={a}={b}" for a, b in pairs),
+        ]
+        state.app_url = stack.base_url
+        state.app_id = "ab" * 20
+        code, out, err = await deploy(prefix, tmp_path, *verify_args)
+        assert code == 6, out + err
+        assert "oauth3-verify refused the running CVM" in err
+        assert json.loads((tmp_path / "deployment.json").read_text())["state"] == "committed"
+        (tmp_path / "deployment.json").unlink()
+        state.app_id = digest[:40]
+        code, out, err = await deploy(prefix, tmp_path, *verify_args)
+    assert code == 0, out + err
+    assert "verified   " in out
+    assert "SIMULATED" in out
+    record = json.loads((tmp_path / "deployment.json").read_text())
+    assert (record["state"], record["compose_hash"]) == ("deployed", digest)
