@@ -19,7 +19,7 @@ from aiohttp import web
 from oauth3.phala.deploy import DeployPlan, compose_to_send
 from oauth3.phala.manifest import canonical_json, parse_images, render
 from tests.phala_fake import FakePhala
-from tests.stack import collateral, root, running_stack
+from tests.stack import collateral, root, running_stack, serving
 from tests.verifycli import platform_flags
 
 MANIFEST = Path(__file__).resolve().parent.parent / "deploy" / "phala-app.yaml"
@@ -209,3 +209,45 @@ async def test_the_last_step_verifies_the_running_cvm_with_oauth3_verify(
     assert "SIMULATED" in out
     record = json.loads((tmp_path / "deployment.json").read_text())
     assert (record["state"], record["compose_hash"]) == ("deployed", digest)
+
+
+async def run_check(prefix: str, *args: str) -> tuple[int, str, str]:
+    """oauth3-phala check as a process against the fake API; (exit code, stdout, stderr)."""
+    env = {**os.environ, "PHALA_CLOUD_API_PREFIX": prefix, "PHALA_CLOUD_API_KEY": "test-key"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "oauth3.phala", "check", str(MANIFEST), *args,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_check_fetches_the_deployed_compose_by_cvm_id_or_info_url(
+    fake: tuple[FakePhala, str],
+) -> None:
+    state, prefix = fake
+    ours = json.loads(render(MANIFEST.read_bytes()).app_compose)
+    state.stored = {**ours, "secure_time": True}
+    code, out, err = await run_check(prefix, "--cvm-id", "cvm-1")
+    assert code == 0, out + err
+    assert "note     secure_time: ours false, deployed true" in out
+    assert ("GET", "/api/v1/cvms/cvm-1/compose_file", None) in state.journal
+    state.stored = {**ours, "kms_enabled": 1}
+    code, out, _ = await run_check(prefix, "--cvm-id", "cvm-1")
+    assert code == 1
+    assert "MATTERS  kms_enabled" in out
+    code, _, err = await run_check(prefix, "--cvm-id", "../x")
+    assert code == 4
+    assert "not a valid id" in err
+
+    info = {"tcb_info": json.dumps({"app_compose": json.dumps({**ours, "public_logs": False})})}
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response(info)
+
+    async with serving(answer) as url:
+        code, out, _ = await run_check(prefix, "--url", f"{url}/prpc/Info")
+    assert code == 1
+    assert "MATTERS  public_logs" in out
