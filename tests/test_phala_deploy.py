@@ -251,3 +251,27 @@ async def test_check_fetches_the_deployed_compose_by_cvm_id_or_info_url(
         code, out, _ = await run_check(prefix, "--url", f"{url}/prpc/Info")
     assert code == 1
     assert "MATTERS  public_logs" in out
+
+
+@pytest.mark.parametrize(("mode", "code"), [("honest", 0), ("inject_ssh", 3), ("stores_other", 5)])
+async def test_an_update_is_checked_before_it_is_applied(
+    fake: tuple[FakePhala, str], tmp_path: Path, mode: str, code: int
+) -> None:
+    state, prefix = fake
+    state.mode = mode
+    done, out, err = await deploy(prefix, tmp_path, "--no-verify", "--cvm-id", "cvm-7")
+    assert done == code, out + err
+    update = [b for m, p, b in state.journal if p.endswith("/cvm-7/compose_file/provision")]
+    assert len(update) == 1
+    assert update[0]["update_env_vars"] is True
+    if code == 3:
+        assert state.commits() == []
+        return
+    (patch,) = state.commits()
+    assert patch["update_env_vars"] is True
+    assert state.received_envs == [{"GREETING": "hello world"}]
+    if code == 0:
+        record = json.loads((tmp_path / "deployment.json").read_text())
+        assert (record["cvm_id"], record["state"]) == ("cvm-7", "deployed")
+    else:
+        assert ("POST", "/api/v1/cvms/cvm-7/stop", None) in state.journal

@@ -6,7 +6,9 @@ Names, headers and shapes follow Phala's own JS SDK (Phala-Network/phala-cloud, 
 `X-Phala-Version: 2026-06-23`), `actions/cvms/provision_cvm.ts` @358ce20 (`POST /cvms` prepares and
 returns `compose_hash`, `app_id`, `app_env_encrypt_pubkey`, `os_image_hash`, …),
 `commit_cvm_provision.ts` @046a248 (`POST /cvms` with `app_id` + `compose_hash` commits; the same
-pair again returns the same CVM, another hash for the app id is 409), `stop_cvm.ts` @d96f402
+pair again returns the same CVM, another hash for the app id is 409),
+`provision_cvm_compose_file_update.ts` @33699d8 (`POST /cvms/{id}/compose_file/provision`, then
+`PATCH /cvms/{id}/compose_file` with the hash, as its tests show), `stop_cvm.ts` @d96f402
 (`POST /cvms/{id}/stop`), `GET /cvms/{id}` and `GET /cvms/{id}/compose_file`, and
 `kms/get_app_env_encrypt_pubkey.ts` @0fb89e2 (`GET /kms/{kms}/pubkey/{app_id}` →
 `{public_key, signature}`, version header `2026-05-22`).
@@ -131,6 +133,15 @@ class PhalaCloud:
     async def commit(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """Create the CVM from a provision (`app_id`, `compose_hash`, `encrypted_env`, …)."""
         return await self._json("POST", "/cvms", dict(request))
+
+    async def provision_update(self, cvm_id: str, compose: Mapping[str, Any]) -> dict[str, Any]:
+        """Prepare a new compose for a CVM (nothing changes yet): its compose hash, app id…"""
+        path = f"/cvms/{_segment(cvm_id)}/compose_file/provision"
+        return await self._json("POST", path, dict(compose))
+
+    async def commit_update(self, cvm_id: str, request: Mapping[str, Any]) -> None:
+        """Apply a prepared compose: `compose_hash`, `encrypted_env`, `env_keys`."""
+        await self._call("PATCH", f"/cvms/{_segment(cvm_id)}/compose_file", dict(request))
 
     async def cvm(self, cvm_id: str) -> dict[str, Any]:
         """The CVM's record (status, instance id, …)."""

@@ -61,6 +61,7 @@ class DeployPlan:
     pre_launch_script: str | None = None
     allowed_os_images: frozenset[bytes] = frozenset()
     kms_signer: str | None = None
+    cvm_id: str | None = None
     out: Path = Path("deployment.json")
     poll_s: float = 2.0
     wait_s: float = 900.0
@@ -115,8 +116,8 @@ def check_os_image(answer: Mapping[str, Any], allowed: frozenset[bytes]) -> byte
     return image
 
 
-def check_provision(plan: DeployPlan, sent: bytes, answer: Mapping[str, Any]) -> dict[str, Any]:
-    """What the provision answer must hold before anything is committed (DeployRefused)."""
+def check_compose_hash(sent: bytes, answer: Mapping[str, Any]) -> bytes:
+    """The backend's compose hash, refused unless it is sha256 of exactly the bytes sent."""
     predicted = hashlib.sha256(sent).digest()
     returned = _hex_field(answer, "compose_hash", 32)
     if returned != predicted:
@@ -125,6 +126,12 @@ def check_provision(plan: DeployPlan, sent: bytes, answer: Mapping[str, Any]) ->
             f"({predicted.hex()}): it built another compose (an added SSH key, pre-launch script "
             "or flag); nothing was committed"
         )
+    return predicted
+
+
+def check_provision(plan: DeployPlan, sent: bytes, answer: Mapping[str, Any]) -> dict[str, Any]:
+    """What the provision answer must hold before anything is committed (DeployRefused)."""
+    predicted = check_compose_hash(sent, answer)
     os_image = check_os_image(answer, plan.allowed_os_images)
     for asked, key in ((plan.node_id, "node_id"), (plan.instance_type, "instance_type")):
         if asked is not None and key in answer and answer[key] != asked:
@@ -139,9 +146,10 @@ def check_provision(plan: DeployPlan, sent: bytes, answer: Mapping[str, Any]) ->
     return facts
 
 
-async def check_env_key(api: PhalaCloud, plan: DeployPlan, facts: Mapping[str, Any]) -> str:
+async def check_env_key(api: PhalaCloud, plan: DeployPlan, facts: dict[str, Any]) -> str:
     """The KMS signer of the app's env key (a line for the report); DeployRefused when the key
-    the API signs is another, the signature fails, or the signer is not the one you pinned."""
+    the API signs is another, the signature fails, or the signer is not the one you pinned.
+    An update's provision returns no key: the signed one is then taken into `facts`."""
     kms_id = facts.get("kms_id")
     if not isinstance(kms_id, str):
         if plan.kms_signer:
@@ -154,7 +162,9 @@ async def check_env_key(api: PhalaCloud, plan: DeployPlan, facts: Mapping[str, A
         signer = env_key_signer(signed, signature, facts["app_id"])
     except EnvKeyError as exc:
         raise DeployRefused(f"env-encryption key: {exc}") from None
-    if signed.hex() != facts["env_pubkey"]:
+    if facts.get("env_pubkey") is None:
+        facts["env_pubkey"] = signed.hex()
+    elif signed.hex() != facts["env_pubkey"]:
         raise DeployRefused("the KMS signed another env-encryption key than provision returned")
     if plan.kms_signer and signer.lower() != plan.kms_signer.lower():
         raise DeployRefused(f"the env key is signed by {signer}, not by the --kms-signer given")
@@ -218,6 +228,56 @@ async def provision_checked(
     return {**facts, "state": "committing", "name": plan.name}
 
 
+async def update_checked(
+    api: PhalaCloud, plan: DeployPlan, cvm_id: str, say: Callable[[str], None]
+) -> dict[str, Any]:
+    """Prepare a new compose for a running CVM and check it (nothing applied); a resumable
+    record, or a refusal. The CVM keeps its OS image, which this does not re-check."""
+    sent_document = compose_to_send(plan)
+    sent = canonical_json(sent_document)
+    say(
+        f"provision  update of {printable(cvm_id)}: compose hash {hashlib.sha256(sent).hexdigest()}"
+    )
+    body = {**sent_document, "update_env_vars": bool(plan.envs)}
+    answer = await api.provision_update(cvm_id, body)
+    facts: dict[str, Any] = {"compose_hash": check_compose_hash(sent, answer).hex()}
+    kms_info = answer.get("kms_info")
+    on_chain = isinstance(kms_info, dict) and kms_info.get("chain_id") is not None
+    if on_chain and answer.get("compose_hash_registered") is not True:
+        raise OnChainRegistrationNeeded(
+            f"compose hash 0x{facts['compose_hash']} passed every check. Register it on "
+            f"your DstackApp contract (addComposeHash(bytes32 0x{facts['compose_hash']})) "
+            "from your own wallet, then run this again; oauth3-phala holds no private key"
+        )
+    facts["app_id"] = _hex_field(answer, "app_id", 20).hex()
+    facts["kms_id"] = kms_info.get("id") if isinstance(kms_info, dict) else None
+    facts["env_pubkey"] = None
+    say("checked    compose hash")
+    if plan.envs or plan.kms_signer:
+        say(await check_env_key(api, plan, facts))
+    if plan.envs and facts["env_pubkey"] is None:
+        raise DeployRefused("no env-encryption key to encrypt the environment with")
+    return {**facts, "state": "committing", "name": plan.name, "cvm_id": cvm_id, "update": True}
+
+
+async def commit_checked(api: PhalaCloud, plan: DeployPlan, record: dict[str, Any]) -> str:
+    """Commit the checked record (create, or apply an update); the CVM id."""
+    key = record.get("env_pubkey")
+    encrypted = encrypt_env(plan.envs, bytes.fromhex(key)) if plan.envs and key else None
+    env = {"env_keys": sorted(plan.envs), "encrypted_env": encrypted} if plan.envs else {}
+    if record.get("update"):
+        body = {"compose_hash": record["compose_hash"], **env, "update_env_vars": bool(env)}
+        await api.commit_update(record["cvm_id"], body)
+        return str(record["cvm_id"])
+    created = await api.commit(
+        {"app_id": record["app_id"], "compose_hash": record["compose_hash"], **env}
+    )
+    cvm_id = str(created.get("id") or created.get("vm_uuid") or "")
+    if not cvm_id:
+        raise DeployFailed("the commit answer names no CVM id")
+    return cvm_id
+
+
 async def deploy(api: PhalaCloud, plan: DeployPlan, say: Callable[[str], None]) -> dict[str, Any]:
     """Run the whole flow; the record written to plan.out (atomically, at each stage)."""
     record = read_record(plan.out)
@@ -229,16 +289,13 @@ async def deploy(api: PhalaCloud, plan: DeployPlan, say: Callable[[str], None]) 
                 f"{record.get('cvm_id')}); nothing to do"
             )
         say(f"resuming   {plan.out}: app {record['app_id']}, commit of a checked hash")
+    elif plan.cvm_id is not None:
+        record = await update_checked(api, plan, plan.cvm_id, say)
+        write_record(plan.out, record)
     else:
         record = await provision_checked(api, plan, say)
         write_record(plan.out, record)
-    encrypted = encrypt_env(plan.envs, bytes.fromhex(record["env_pubkey"])) if plan.envs else None
-    commit = {"app_id": record["app_id"], "compose_hash": record["compose_hash"]}
-    commit |= {"env_keys": sorted(plan.envs), "encrypted_env": encrypted} if plan.envs else {}
-    created = await api.commit(commit)
-    cvm_id = str(created.get("id") or created.get("vm_uuid") or "")
-    if not cvm_id:
-        raise DeployFailed("the commit answer names no CVM id")
+    cvm_id = await commit_checked(api, plan, record)
     record |= {"cvm_id": cvm_id, "state": "committed"}
     write_record(plan.out, record)
     say(f"committed  CVM {printable(cvm_id)}; waiting for it to run")

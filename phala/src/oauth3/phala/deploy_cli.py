@@ -41,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pre-launch-script", metavar="FILE", help="sent as pre_launch_script")
     parser.add_argument("--allow-os-image", action="append", default=[], metavar="HASH")
     parser.add_argument("--kms-signer", metavar="0xKEY", help="require this KMS signer")
+    parser.add_argument("--cvm-id", help="update this CVM instead of creating one")
     parser.add_argument("--out", default="deployment.json", help="the deployment record")
     parser.add_argument("--policy-out", default="oauth3-policy.toml", help="the policy written")
     parser.add_argument("--no-verify", action="store_true", help="skip only oauth3-verify")
@@ -100,6 +101,7 @@ def make_plan(args: argparse.Namespace, rendered: Rendered, allowed: set[str]) -
         pre_launch_script=_script(args, allowed),
         allowed_os_images=frozenset(images),
         kms_signer=args.kms_signer,
+        cvm_id=args.cvm_id,
         out=Path(args.out),
         poll_s=args.poll_interval,
         wait_s=args.wait_timeout,
