@@ -34,6 +34,8 @@ MODES = (
     "conflict",
     "stores_other",
     "wrong_key_signature",
+    "on_chain",
+    "status:<code>",
 )
 PRODUCTION_IMAGE = next(h for h, r in os_releases().items() if not r.dev)
 
@@ -132,6 +134,9 @@ class FakePhala:
         if self.mode == "flaky" and self.failures_left:
             self.failures_left -= 1
             return web.json_response({"detail": "busy"}, status=503)
+        if self.mode.startswith("status:"):
+            status = int(self.mode.removeprefix("status:"))
+            return web.json_response({"detail": "\x1b[31mno\x1b[0m"}, status=status)
         if _is_commit("POST", request.path, body):
             return self._commit(body)
         self.stored, digest = self._prepared(dict(body["compose_file"]))
@@ -142,7 +147,7 @@ class FakePhala:
                 "compose_hash": digest,
                 "app_env_encrypt_pubkey": self.public_key().hex(),
                 "os_image_hash": image.hex(),
-                "kms_info": {"id": "kms-1", "chain_id": None},
+                "kms_info": {"id": "kms-1", "chain_id": 8453 if self.mode == "on_chain" else None},
                 "device_id": "ab" * 32,
             }
         )

@@ -275,3 +275,41 @@ async def test_an_update_is_checked_before_it_is_applied(
         assert (record["cvm_id"], record["state"]) == ("cvm-7", "deployed")
     else:
         assert ("POST", "/api/v1/cvms/cvm-7/stop", None) in state.journal
+
+
+@pytest.mark.parametrize(
+    ("status", "meaning"),
+    [
+        (401, "API key was refused"),
+        (465, "must be registered on the app contract"),
+        (466, "expired"),
+        (467, "not verified"),
+        (468, "not registered on-chain"),
+        (503, "Phala Cloud failed"),
+    ],
+)
+async def test_each_api_error_is_one_clear_line(
+    fake: tuple[FakePhala, str], tmp_path: Path, status: int, meaning: str
+) -> None:
+    state, prefix = fake
+    state.mode = f"status:{status}"
+    code, _, err = await deploy(prefix, tmp_path, "--no-verify")
+    assert code == 4
+    assert f"HTTP {status}" in err
+    assert meaning in err
+    assert err.count("\n") == 1
+    assert "\x1b" not in err
+    assert state.commits() == []
+
+
+async def test_on_chain_kms_stops_after_the_checks_with_what_to_register(
+    fake: tuple[FakePhala, str], tmp_path: Path
+) -> None:
+    state, prefix = fake
+    state.mode = "on_chain"
+    code, out, err = await deploy(prefix, tmp_path, "--no-verify", "--kms", "base")
+    assert code == 7, out + err
+    assert "addComposeHash(bytes32 0x" in err
+    assert "holds no private key" in err
+    assert state.journal[0][2]["kms"] == "BASE"
+    assert state.commits() == []
