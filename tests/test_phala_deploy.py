@@ -252,6 +252,14 @@ async def test_check_fetches_the_deployed_compose_by_cvm_id_or_info_url(
     assert code == 1
     assert "MATTERS  public_logs" in out
 
+    async def repeated(request: web.Request) -> web.Response:
+        return web.Response(body=b'{"tcb_info": "{}", "tcb_info": "{}"}')
+
+    async with serving(repeated) as url:
+        code, out, err = await run_check(prefix, "--url", f"{url}/prpc/Info")
+    assert (code, out) == (2, "")
+    assert "appears twice" in err
+
 
 @pytest.mark.parametrize(("mode", "code"), [("honest", 0), ("inject_ssh", 3), ("stores_other", 5)])
 async def test_an_update_is_checked_before_it_is_applied(

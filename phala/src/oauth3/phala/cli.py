@@ -49,6 +49,7 @@ EXIT_AFTER_COMMIT = 5
 EXIT_NOT_VERIFIED = 6
 EXIT_REGISTER = 7
 SHA256 = re.compile(r"[0-9a-f]{64}")
+MAX_INFO_BYTES = 4 * 1024 * 1024
 
 
 class CommandError(Exception):
@@ -185,11 +186,13 @@ async def _fetch_deployed(args: argparse.Namespace) -> bytes:
             return canonical_json(stored)
         try:
             async with session.get(args.url, allow_redirects=False) as response:
-                if response.status != 200:
-                    raise CommandError(f"{args.url}: HTTP {response.status}")
-                return deployed_app_compose(await response.content.read(4 * 1024 * 1024))
+                status = response.status
+                body = await response.content.read(MAX_INFO_BYTES)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise CommandError(f"cannot fetch {args.url}: {type(exc).__name__}") from None
+        if status != 200:
+            raise CommandError(f"{args.url}: HTTP {status}")
+        return deployed_app_compose(body)
 
 
 def _check_main(args: argparse.Namespace, rendered: Rendered) -> int:
