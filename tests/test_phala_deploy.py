@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import os
 import sys
@@ -16,6 +17,7 @@ import pytest
 import yaml
 from aiohttp import web
 
+from oauth3.phala import deploy_cli
 from oauth3.phala.deploy import DeployPlan, compose_to_send
 from oauth3.phala.manifest import canonical_json, parse_images, render
 from tests.phala_fake import FakePhala
@@ -205,8 +207,8 @@ async def test_the_last_step_verifies_the_running_cvm_with_oauth3_verify(
         state.app_id = digest[:40]
         code, out, err = await deploy(prefix, tmp_path, *verify_args)
     assert code == 0, out + err
-    assert "verified   " in out
-    assert "SIMULATED" in out
+    assert "verified   SIMULATED (exit 0)" in out
+    assert "OS image not measured by the CVM (no KMS)" in out
     record = json.loads((tmp_path / "deployment.json").read_text())
     assert (record["state"], record["compose_hash"]) == ("deployed", digest)
 
@@ -321,3 +323,28 @@ async def test_on_chain_kms_stops_after_the_checks_with_what_to_register(
     assert "holds no private key" in err
     assert state.journal[0][2]["kms"] == "BASE"
     assert state.commits() == []
+
+
+def test_a_measured_os_image_other_than_the_provisioned_one_is_not_verified(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the local simulator boots without a KMS, so nothing measures os-image-hash into RTMR3:
+    # this is the one path reached by standing in for oauth3-verify's report
+    measured = "11" * 32
+
+    def report(argv: list[str], out: io.StringIO) -> int:
+        assert argv[-2:] == ["--", "https://app.example"]
+        assert argv[argv.index("--expect-compose-hash") + 1] == "cc" * 32
+        os_facts = {"os_image_hash": measured, "measured": True}
+        steps = [{"name": "platform", "ok": True, "details": {"os": os_facts}}]
+        out.write(json.dumps({"verdict": "VERIFIED", "steps": steps}))
+        return 0
+
+    monkeypatch.setattr(deploy_cli, "run_verifier", report)
+    record = {"compose_hash": "cc" * 32, "app_id": "dd" * 20, "os_image_hash": "22" * 32}
+    with pytest.raises(deploy_cli.NotVerified, match="measured OS image 1111"):
+        deploy_cli.verify_running(record, "https://app.example", [])
+    lines = deploy_cli.verify_running(
+        {**record, "os_image_hash": measured}, "https://app.example", []
+    )
+    assert lines[1].startswith(f"OS image {measured} (measured in RTMR3")

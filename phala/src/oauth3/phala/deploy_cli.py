@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import hashlib
 import io
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -109,22 +110,49 @@ def make_plan(args: argparse.Namespace, rendered: Rendered, allowed: set[str]) -
 
 
 def verify_argv(record: Mapping[str, Any], url: str, extra: list[str]) -> list[str]:
-    """oauth3-verify's argv: the committed compose hash and the app id pinned, the URL last."""
+    """oauth3-verify's argv: the committed compose hash and the app id pinned, JSON out, the URL
+    last (after `--`, so no URL is read as an option)."""
     pins = ["--expect-compose-hash", str(record["compose_hash"])]
     pins += ["--expect-app-id", str(record["app_id"])]
-    # the OS image pin (--expect-os-image-hash) joins here once oauth3-verify has it (issue 20)
-    return [*pins, *extra, "--", url]
+    # the release pin (--expect-os-image-hash, issue 20) joins here where the boot can be
+    # recomputed; until then measured_os_image() below holds the CVM to the provisioned image
+    return [*pins, *extra, "--json", "--", url]
 
 
-def verify_running(record: Mapping[str, Any], url: str, extra: list[str]) -> str:
-    """Run oauth3-verify in-process on the CVM; its verdict line, or NotVerified."""
+def measured_os_image(report: Mapping[str, Any]) -> tuple[str | None, bool]:
+    """The os_image_hash oauth3-verify's platform step names, and whether the CVM measured it
+    (RTMR3, with a KMS) rather than the host naming it."""
+    for step in report.get("steps", []):
+        if isinstance(step, dict) and step.get("name") == "platform":
+            facts = (step.get("details") or {}).get("os") or {}
+            return facts.get("os_image_hash"), facts.get("measured") is True
+    return None, False
+
+
+def verify_running(record: Mapping[str, Any], url: str, extra: list[str]) -> list[str]:
+    """Run oauth3-verify in-process on the CVM; what it verified, or NotVerified (also when the
+    OS image the CVM measured is not the one provisioned)."""
     out = io.StringIO()
     code = run_verifier(verify_argv(record, url, extra), out)
-    lines = [ln for ln in out.getvalue().splitlines() if ln.strip()]
-    verdict = printable(lines[-1]) if lines else f"exit {code}"
+    try:
+        report = json.loads(out.getvalue())
+    except ValueError:
+        raise NotVerified(f"oauth3-verify gave no report (exit {code})") from None
+    verdict = printable(str(report.get("verdict", f"exit {code}")))
     if code != 0:
-        raise NotVerified(f"oauth3-verify refused the running CVM (exit {code}): {verdict}")
-    return verdict
+        failed = [s for s in report.get("steps", []) if isinstance(s, dict) and not s.get("ok")]
+        why = printable(str(failed[0].get("reason", ""))) if failed else ""
+        raise NotVerified(f"oauth3-verify refused the running CVM ({verdict}, exit {code}) {why}")
+    image, measured = measured_os_image(report)
+    provisioned = record.get("os_image_hash")
+    if measured and provisioned is not None and image != provisioned:
+        raise NotVerified(f"the CVM measured OS image {image}, not the provisioned {provisioned}")
+    if measured:
+        return [f"{verdict} (exit 0)", f"OS image {image} (measured in RTMR3, as provisioned)"]
+    return [
+        f"{verdict} (exit 0)",
+        "OS image not measured by the CVM (no KMS): platform pins decide",
+    ]
 
 
 def run_deploy(args: argparse.Namespace, rendered: Rendered) -> int:
@@ -148,7 +176,8 @@ def run_deploy(args: argparse.Namespace, rendered: Rendered) -> int:
     elif not isinstance(url, str) or not url:
         raise NotVerified("no URL to verify: the API gave none; pass --app-url")
     else:
-        say(f"verified   {verify_running(record, url, args.verify_arg)}")
+        for line in verify_running(record, url, args.verify_arg):
+            say(f"verified   {line}")
     write_record(plan.out, record)
     write_atomically(Path(args.policy_out), policy_text(record).encode())
     say(f"wrote      {plan.out} and {args.policy_out}")
