@@ -1,4 +1,4 @@
-"""The import graph of the six distributions keeps the design card's rules: attestation and the
+"""The import graph of the seven distributions keeps the design card's rules: attestation and the
 runtime import nothing of ours, the sidecar at most the runtime, the service, verifier and
 simulator the attestation formats (the verifier without the runtime's server code), oauth3-phala
 the attestation formats and the verifier (never the other way round), and nothing imports the

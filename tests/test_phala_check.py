@@ -19,7 +19,9 @@ from hypothesis import strategies as st
 
 from oauth3.phala.check import compare, strict_json
 from oauth3.phala.cli import run
+from oauth3.phala.deploy import DeployPlan, DeployRefused, check_provision, compose_to_send
 from oauth3.phala.manifest import ManifestError, canonical_json, render
+from tests.phala_fake import PRODUCTION_IMAGE
 
 REPO = Path(__file__).resolve().parent.parent
 MANIFEST = REPO / "deploy" / "phala-app.yaml"
@@ -211,3 +213,32 @@ def test_a_digest_of_the_shipped_table_matches_the_vector() -> None:
     assert table["scripts"][0]["sha256"] == digest
     assert table["scripts"][0]["version"] == "v0.0.19"
     assert sys.version_info >= (3, 11)
+
+
+@settings(max_examples=200, deadline=None)
+@given(answer=st.dictionaries(
+    st.sampled_from(["compose_hash", "app_id", "os_image_hash", "app_env_encrypt_pubkey",
+                     "kms_info", "node_id", "instance_type", "device_id"]),
+    JSON_VALUES, max_size=8,
+), honest_hash=st.booleans(), honest_image=st.booleans())  # fmt: skip
+def test_fuzz_any_provision_answer_is_accepted_or_refused_never_a_crash(
+    answer: dict[str, Any], honest_hash: bool, honest_image: bool
+) -> None:
+    rendered = render(MANIFEST.read_bytes())
+    plan = DeployPlan(rendered=rendered, name="oauth3-test", envs={}, node_id=3)
+    sent = canonical_json(compose_to_send(plan))
+    if honest_hash:
+        answer["compose_hash"] = hashlib.sha256(sent).hexdigest()
+    if honest_image:
+        answer["os_image_hash"] = PRODUCTION_IMAGE.hex()
+    outcome: dict[str, Any] | DeployRefused
+    try:
+        outcome = check_provision(plan, sent, answer)
+    except DeployRefused as refused:
+        outcome = refused
+    if isinstance(outcome, DeployRefused):
+        assert str(outcome)
+        return
+    assert outcome["compose_hash"] == hashlib.sha256(sent).hexdigest()
+    assert answer.get("node_id", 3) == 3
+    assert len(bytes.fromhex(outcome["app_id"])) == 20
