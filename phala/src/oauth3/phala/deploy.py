@@ -19,14 +19,14 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from oauth3.attestation.dstack_os import release_for
 from oauth3.verifier.output import printable
 
-from .api import PhalaApiError, PhalaCloud
+from .api import PhalaCloud
 from .envcrypt import EnvKeyError, encrypt_env, env_key_signer, parse_hex
 from .manifest import Rendered, canonical_json
 from .records import read_record, write_record
@@ -65,7 +65,6 @@ class DeployPlan:
     out: Path = Path("deployment.json")
     poll_s: float = 2.0
     wait_s: float = 900.0
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 def compose_to_send(plan: DeployPlan) -> dict[str, Any]:
@@ -308,6 +307,3 @@ async def deploy(api: PhalaCloud, plan: DeployPlan, say: Callable[[str], None]) 
         "state": "deployed",
     }
     return record
-
-
-__all__ = ["DeployFailed", "DeployPlan", "DeployRefused", "PhalaApiError", "deploy"]
