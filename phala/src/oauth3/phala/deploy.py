@@ -217,11 +217,14 @@ async def provision_checked(
     release = release_for(bytes.fromhex(facts["os_image_hash"]))
     say(f"checked    compose hash, OS image {release.label if release else facts['os_image_hash']}")
     if facts["on_chain"]:
+        token = answer.get("token")
         raise OnChainRegistrationNeeded(
             f"compose hash 0x{facts['compose_hash']} passed every check. Register it on your "
             "DstackApp contract (addComposeHash(bytes32 0x"
             f"{facts['compose_hash']}), with addDevice for device {answer.get('device_id')}) "
-            "from your own wallet, then commit; oauth3-phala holds no private key"
+            "from your own wallet, then commit that hash with Phala's CLI"
+            f"{f' (commit token {token})' if isinstance(token, str) else ''}; oauth3-phala "
+            "holds no private key and does not commit on-chain deployments"
         )
     say(await check_env_key(api, plan, facts))
     return {**facts, "state": "committing", "name": plan.name}
