@@ -348,3 +348,25 @@ def test_a_measured_os_image_other_than_the_provisioned_one_is_not_verified(
         {**record, "os_image_hash": measured}, "https://app.example", []
     )
     assert lines[1].startswith(f"OS image {measured} (measured in RTMR3")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--name", "a\x1b[2J"], "--name"),
+        (["-e", "OTHER=1"], "OTHER is not in the manifest's allowed_envs"),
+        (["-e", "GREETING"], "not KEY=VALUE"),
+        (["--allow-os-image", "xyz"], "--allow-os-image"),
+        (["--pre-launch-script", "no-such-prelaunch.sh"], "No such file"),
+    ],
+)
+async def test_bad_deploy_input_is_one_line_exit_2_and_reaches_no_api(
+    fake: tuple[FakePhala, str], tmp_path: Path, args: list[str], message: str
+) -> None:
+    state, prefix = fake
+    code, out, err = await deploy(prefix, tmp_path, "--no-verify", *args)
+    assert code == 2, out + err
+    assert message in err
+    assert err.count("\n") == 1
+    assert "\x1b" not in err
+    assert state.journal == []

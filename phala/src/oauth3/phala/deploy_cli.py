@@ -25,6 +25,8 @@ from .manifest import KMS_CHOICES, ManifestError, Rendered
 from .records import policy_text, write_atomically, write_record
 
 ENV_LINE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=(.*)")
+# Phala's rule for CVM names (provision_cvm.ts): a hostname label of 5-63 characters
+CVM_NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]{3,61}[A-Za-z0-9]")
 
 
 class NotVerified(Exception):
@@ -85,6 +87,8 @@ def _script(args: argparse.Namespace, allowed: set[str]) -> str | None:
 
 def make_plan(args: argparse.Namespace, rendered: Rendered, allowed: set[str]) -> DeployPlan:
     """The plan from the command line (ManifestError on bad values)."""
+    if not CVM_NAME.fullmatch(args.name):
+        raise ManifestError("--name: 5-63 letters, digits or hyphens, starting with a letter")
     if rendered.unfilled:
         raise ManifestError(f"fill --image for {', '.join(rendered.unfilled)} before deploying")
     images = set()
