@@ -3,11 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DISTRIBUTIONS := attestation runtime sidecar service verifier simulator
+DISTRIBUTIONS := attestation runtime sidecar service verifier phala simulator
 
 .PHONY: venv lock test lint typecheck pytest run load e2e bench images up down clean
 
-# third-party packages only from the lock, each checked against its hash; then our six
+# third-party packages only from the lock, each checked against its hash; then our seven
 # distributions in editable mode, built with the locked setuptools (no unpinned build backend)
 $(STAMP): requirements.lock $(DISTRIBUTIONS:%=%/pyproject.toml)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -45,7 +45,7 @@ ROLES = {
 # folders of our distributions in its closure or what it holds besides them, so an image changes
 # only when its own inputs do (a README edit rebuilds nothing)
 COMMON_INPUTS = ("requirements.lock", "deploy/Dockerfile", "deploy/context.py")
-EXTRA_INPUTS = {"simulator": ("deploy/phala-app.yaml", "verifier")}  # the manifest, rendered
+EXTRA_INPUTS = {"simulator": ("deploy/phala-app.yaml", "phala")}  # the manifest, rendered
 OURS = {
     "oauth3-attestation": "attestation",
     "oauth3-runtime": "runtime",
@@ -227,7 +227,7 @@ def main() -> None:
                 "\n".join(hash_line(ours[n]) for n in sorted(names) if n in OURS) + "\n"
             )
         run(
-            sys.executable, "-m", "oauth3.verifier.phala", "render",
+            sys.executable, "-m", "oauth3.phala", "render",
             str(tree / "deploy/phala-app.yaml"), "-o", str(out / "share/app-compose.json"),
             "--compose-out", str(out / "share/docker-compose.phala.yml"),
         )  # fmt: skip

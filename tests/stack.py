@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from oauth3.phala.manifest import render
 from oauth3.simulator.devstack import Child, StackPaths, start_stack, stop_all
-from oauth3.verifier.phala import render
 from tests.fakes import short_socket_dir
 from tests.verifycli import pins_for
 
@@ -111,12 +111,13 @@ def observed_pins(stack: RunningStack) -> list[str]:
 
 
 @contextmanager
-def running_stack(**env: str) -> Iterator[RunningStack]:
-    """Start the three processes (extra environment from `env`) and stop them afterwards."""
+def running_stack(manifest: Path = MANIFEST, **env: str) -> Iterator[RunningStack]:
+    """Start the three processes (extra environment from `env`; the simulator measures
+    `manifest`, rendered) and stop them afterwards."""
     paths = StackPaths(short_socket_dir())
     port, pccs_port = free_port(), free_port()
     children = start_stack(
-        paths, "127.0.0.1", port, {**os.environ, **env}, pccs_port=pccs_port, manifest=MANIFEST
+        paths, "127.0.0.1", port, {**os.environ, **env}, pccs_port=pccs_port, manifest=manifest
     )
     try:
         yield RunningStack(

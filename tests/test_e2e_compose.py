@@ -126,7 +126,7 @@ async def test_verifier_accepts_the_stack_with_the_rendered_compose_hash(
     stack: None, tmp_path: Path
 ) -> None:
     rendered = run_cli(
-        "oauth3.verifier.phala", "render", str(DEPLOY / "phala-app.yaml"), "-o",
+        "oauth3.phala", "render", str(DEPLOY / "phala-app.yaml"), "-o",
         str(tmp_path / "app-compose.json"), "--json",
     )  # fmt: skip
     assert rendered.returncode == 0, rendered.stderr

@@ -1,7 +1,8 @@
-"""The import graph of the six distributions keeps the design card's rules: attestation and the
+"""The import graph of the seven distributions keeps the design card's rules: attestation and the
 runtime import nothing of ours, the sidecar at most the runtime, the service, verifier and
-simulator the attestation formats (the verifier without the runtime's server code), and nothing
-imports the service or the sidecar. Checked over every module; the checker is tested too."""
+simulator the attestation formats (the verifier without the runtime's server code), oauth3-phala
+the attestation formats and the verifier (never the other way round), and nothing imports the
+service or the sidecar. Checked over every module; the checker is tested too."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ ALLOWED_IMPORTS: Mapping[str, frozenset[str]] = {
     "sidecar": frozenset({"runtime"}),
     "service": frozenset({"attestation", "runtime"}),
     "verifier": frozenset({"attestation"}),
+    "phala": frozenset({"attestation", "verifier"}),
     "simulator": frozenset({"attestation", "runtime"}),
 }
 
@@ -73,6 +75,8 @@ def _module(root: Path, dist: str, text: str) -> None:
         ("verifier", "from oauth3.runtime.serve import serve\n", "oauth3.runtime"),
         ("attestation", "from oauth3 import runtime\n", "oauth3.runtime"),
         ("simulator", "from oauth3.verifier.policy import Policy\n", "oauth3.verifier"),
+        ("verifier", "from oauth3.phala.manifest import render\n", "oauth3.phala"),
+        ("phala", "from oauth3.runtime.serve import serve\n", "oauth3.runtime"),
         ("service", "def f():\n    from oauth3.sidecar import app\n", "oauth3.sidecar"),
     ],
 )
@@ -109,3 +113,4 @@ def test_packaging_declares_exactly_the_allowed_edges() -> None:
         }
         assert used <= declared, (dist, "imports what it does not declare", used - declared)
     assert declared_dependencies(REPO, "verifier") == {"attestation"}
+    assert declared_dependencies(REPO, "phala") == {"attestation", "verifier"}

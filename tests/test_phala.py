@@ -14,7 +14,8 @@ import pytest
 import yaml
 from dstack_sdk import get_compose_hash
 
-from oauth3.verifier.phala import ManifestError, canonical_json, main, parse_images, render
+from oauth3.phala.cli import main
+from oauth3.phala.manifest import ManifestError, canonical_json, parse_images, render
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 MANIFEST = DEPLOY / "phala-app.yaml"
@@ -26,7 +27,7 @@ DSTACK_SOCKET = "/var/run/dstack.sock:/var/run/dstack.sock"
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
     """oauth3-phala in a child process, as a user runs it."""
     return subprocess.run(
-        [sys.executable, "-m", "oauth3.verifier.phala", *args],
+        [sys.executable, "-m", "oauth3.phala", *args],
         capture_output=True,
         timeout=60,
         check=False,
@@ -219,6 +220,7 @@ def test_check_lists_every_difference_that_matters(tmp_path: Path) -> None:
         allowed_envs=[*ours.get("allowed_envs", []), "EXTRA_TOKEN"],
         public_logs=not ours.get("public_logs", False),
         features=["kms"],
+        shiny_new_field=1,
     )
     result = run("check", str(MANIFEST), str(path))
     assert result.returncode == 1
@@ -259,7 +261,9 @@ MANIFEST_HEAD = "manifest_version: 2\nname: x\nrunner: docker-compose\n"
         (MANIFEST_HEAD + "docker_compose_file: 'x: 1'\n", "services mapping"),
         (MANIFEST_HEAD + "docker_compose_file: 'services: {a: {}}'\n", "image must be given"),
         (MANIFEST_HEAD + "kms_enabled: 'yes'\n", "kms_enabled"),
-        (MANIFEST_HEAD + "swap: 1.5\ndocker_compose_file: ''\n", "float"),
+        (MANIFEST_HEAD + "swap_size: 1.5\ndocker_compose_file: ''\n", "swap_size"),
+        (MANIFEST_HEAD + "kms_enabled: 1\ndocker_compose_file: ''\n", "kms_enabled"),
+        (MANIFEST_HEAD + "kms_enable: true\ndocker_compose_file: ''\n", "not an app-compose field"),
         (MANIFEST_HEAD + "allowed_envs: x\ndocker_compose_file: ''\n", "allowed_envs"),
         ("manifest_version: 2\nname: x\nrunner: k8s\n", "runner"),
         (MANIFEST_HEAD, "needs docker_compose_file"),

@@ -21,7 +21,7 @@ import pytest
 from dstack_sdk import AsyncDstackClient
 
 from oauth3.attestation import parse_quote
-from oauth3.verifier.phala import render
+from oauth3.phala.manifest import render
 from tests.fakes import short_socket_dir
 from tests.stack import MANIFEST, RunningStack, free_port, running_stack
 

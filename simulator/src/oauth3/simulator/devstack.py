@@ -134,7 +134,7 @@ def render_manifest(manifest: Path, paths: StackPaths) -> str:
     """Render the Phala manifest to the run directory (oauth3-phala render); return its compose
     hash (hex); RuntimeError when it does not render."""
     done = _client_tool(
-        "oauth3.verifier.phala", "render", str(manifest), "-o", str(paths.app_compose), "--json"
+        "oauth3.phala", "render", str(manifest), "-o", str(paths.app_compose), "--json"
     )
     if done.returncode != 0:
         raise RuntimeError(f"cannot render {manifest}: {done.stderr.decode().strip()}")

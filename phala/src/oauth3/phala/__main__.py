@@ -1,0 +1,5 @@
+"""`python -m oauth3.phala` runs `oauth3-phala`."""
+
+from .cli import main
+
+main()
