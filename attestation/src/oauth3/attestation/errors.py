@@ -25,3 +25,7 @@ class ReportDataError(AttestationError):
 
 class EvidenceError(AttestationError):
     """A file or document is not any of the evidence shapes we understand."""
+
+
+class OsImageError(AttestationError):
+    """An OS image file (firmware, kernel, metadata.json) that dstack could not measure either."""
