@@ -8,19 +8,15 @@ import lief
 import pytest
 
 from oauth3.attestation.authenticode import authenticode_sha384
-from oauth3.attestation.errors import OsImageError
+from oauth3.attestation.errors import MeasurementError
 from oauth3.attestation.qemu_kernel import (
-    COMPAT_2G_MEMORY,
-    STABLE_MIN_MEMORY,
     cmdline_digest,
     initrd_address,
     patch_setup_header,
     patched_kernel_digest,
-    replay,
-    rtmr1_events,
     rtmr2_events,
-    uses_high_memory_kernel_hash,
 )
+from oauth3.attestation.td_hob import HIGH_MEMORY_SPLIT, LOW_MEMORY_TOP
 from tests.os_image_builders import build_bzimage
 
 INITRD = 0x100000
@@ -45,11 +41,11 @@ def test_initrd_address_equalities_of_dstack_kernel_rs() -> None:
     at = {
         name: _initrd_field(patch_setup_header(bytes(kernel), INITRD, size))
         for name, size in {
-            "below_2g": COMPAT_2G_MEMORY - 0x1000,
-            "at_2g": COMPAT_2G_MEMORY,
-            "below_high": STABLE_MIN_MEMORY - 0x1000,
-            "at_high": STABLE_MIN_MEMORY,
-            "above_high": STABLE_MIN_MEMORY + 0x4000_0000,
+            "below_2g": LOW_MEMORY_TOP - 0x1000,
+            "at_2g": LOW_MEMORY_TOP,
+            "below_high": HIGH_MEMORY_SPLIT - 0x1000,
+            "at_high": HIGH_MEMORY_SPLIT,
+            "above_high": HIGH_MEMORY_SPLIT + 0x4000_0000,
         }.items()
     }
     assert at["below_2g"] != at["at_2g"]
@@ -60,7 +56,7 @@ def test_initrd_address_equalities_of_dstack_kernel_rs() -> None:
 
 def test_patch_sets_the_loader_fields_qemu_sets() -> None:
     kernel = build_bzimage()
-    patched = patch_setup_header(kernel, INITRD, STABLE_MIN_MEMORY)
+    patched = patch_setup_header(kernel, INITRD, HIGH_MEMORY_SPLIT)
     assert patched[0x210] == 0xB0
     assert patched[0x211] == 0x81
     assert int.from_bytes(patched[0x224:0x228], "little") == 0x20000 - 0x10000 - 0x200
@@ -86,28 +82,22 @@ def test_initrd_max_follows_the_boot_protocol(
 
 
 def test_bad_kernels_and_sizes_are_refused() -> None:
-    with pytest.raises(OsImageError, match="shorter"):
-        patch_setup_header(b"\0" * 100, INITRD, COMPAT_2G_MEMORY)
-    with pytest.raises(OsImageError, match="too large"):
-        patch_setup_header(build_bzimage(), 0x7FFE0000, COMPAT_2G_MEMORY)
-    with pytest.raises(OsImageError, match=r"older than 2\.00"):
-        patch_setup_header(build_bzimage(protocol=0x1FF), INITRD, COMPAT_2G_MEMORY)
-    with pytest.raises(OsImageError, match="PE signature"):
+    with pytest.raises(MeasurementError, match="shorter"):
+        patch_setup_header(b"\0" * 100, INITRD, LOW_MEMORY_TOP)
+    with pytest.raises(MeasurementError, match="too large"):
+        patch_setup_header(build_bzimage(), 0x7FFE0000, LOW_MEMORY_TOP)
+    with pytest.raises(MeasurementError, match=r"older than 2\.00"):
+        patch_setup_header(build_bzimage(protocol=0x1FF), INITRD, LOW_MEMORY_TOP)
+    with pytest.raises(MeasurementError, match="PE signature"):
         authenticode_sha384(b"MZ" + bytes(0x1000))
 
 
 def test_only_2g_and_high_memory_share_the_precomputed_hash() -> None:
     kernel = build_bzimage()
-    high = patched_kernel_digest(kernel, INITRD, STABLE_MIN_MEMORY)
-    assert patched_kernel_digest(kernel, INITRD, COMPAT_2G_MEMORY) == high
+    high = patched_kernel_digest(kernel, INITRD, HIGH_MEMORY_SPLIT)
+    assert patched_kernel_digest(kernel, INITRD, LOW_MEMORY_TOP) == high
     assert patched_kernel_digest(kernel, INITRD, 64 << 30) == high
     assert patched_kernel_digest(kernel, INITRD, 3 << 29) != high
-    assert [uses_high_memory_kernel_hash(m) for m in (2 << 30, 3 << 29, 11 << 28, 64 << 30)] == [
-        True,
-        False,
-        True,
-        True,
-    ]
 
 
 @pytest.mark.parametrize(
@@ -120,7 +110,7 @@ def test_only_2g_and_high_memory_share_the_precomputed_hash() -> None:
     ids=["plain", "signed-with-trailer", "protocol-2.12"],
 )
 def test_authenticode_equals_lief_on_8_byte_aligned_images(image: bytes) -> None:
-    for candidate in (image, patch_setup_header(image, INITRD, STABLE_MIN_MEMORY)):
+    for candidate in (image, patch_setup_header(image, INITRD, HIGH_MEMORY_SPLIT)):
         assert len(candidate) % 8 == 0
         assert authenticode_sha384(candidate) == _lief_sha384(candidate)
 
@@ -152,16 +142,7 @@ def test_authenticode_ignores_checksum_and_security_directory_only() -> None:
     assert authenticode_sha384(bytes(image)) != base
 
 
-def test_rtmr1_and_rtmr2_event_lists() -> None:
-    kernel_digest = bytes(range(48))
-    events = rtmr1_events(kernel_digest)
-    assert events[0] == kernel_digest
-    assert events[2] == hashlib.sha384(b"\0\0\0\0").digest()
-    assert len(events) == 5
-    register = bytes(48)
-    for event in events:
-        register = hashlib.sha384(register + event).digest()
-    assert replay(events) == register
+def test_rtmr2_event_list() -> None:
     cmdline = "console=ttyS0 dstack.rootfs_hash=ab"
     expected = hashlib.sha384(
         "console=ttyS0 dstack.rootfs_hash=ab initrd=initrd\0".encode("utf-16-le")

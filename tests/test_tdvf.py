@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from oauth3.attestation.errors import OsImageError
+from oauth3.attestation.errors import MeasurementError
 from oauth3.attestation.tdvf import (
     PAGE_SIZE,
     SECTION_TD_HOB,
@@ -92,12 +92,13 @@ def test_witness_uses_multibyte_varints_for_high_pages() -> None:
         ((*DSTACK_HOB_SECTIONS, TdvfSection(0, 0, 0x80A000, 0x2000, 3, 0)), "overlap"),
         ((*DSTACK_HOB_SECTIONS, DSTACK_HOB_SECTIONS[2]), "2 TD_HOB"),
         ((TdvfSection(0, 0, 0x809000, 0, SECTION_TD_HOB, 0),), "empty"),
+        ((TdvfSection(0, 0, 0x900000, 0x1000, 4, 0),), "no TD_HOB"),
     ],
 )
 def test_witness_refuses_what_dstack_refuses(
     sections: tuple[TdvfSection, ...], reason: str
 ) -> None:
-    with pytest.raises(OsImageError, match=reason):
+    with pytest.raises(MeasurementError, match=reason):
         td_hob_witness(sections)
 
 
@@ -120,7 +121,7 @@ def test_malformed_firmware_is_refused_with_a_reason() -> None:
         (_corrupt(image, descriptor + 12, b"\xff"), "do not fit"),
     ]
     for bad, reason in cases:
-        with pytest.raises(OsImageError, match=reason):
+        with pytest.raises(MeasurementError, match=reason):
             parse_tdvf_sections(bad)
 
 
@@ -130,5 +131,5 @@ def test_measured_page_past_the_image_is_refused() -> None:
     beyond = TdvfSection(
         len(firmware.image), PAGE_SIZE, short.memory_address, PAGE_SIZE, 1, short.attributes
     )
-    with pytest.raises(OsImageError, match="past the firmware"):
+    with pytest.raises(MeasurementError, match="past the firmware"):
         tdvf_mrtd(firmware.image, (beyond,), two_pass=False)

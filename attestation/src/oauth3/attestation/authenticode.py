@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 
-from oauth3.attestation.errors import OsImageError
+from .errors import MeasurementError
 
 _SECURITY_DIRECTORY = 4
 _PE32_PLUS_MAGIC = 0x20B
@@ -17,7 +17,7 @@ _PE32_PLUS_MAGIC = 0x20B
 
 def _read_le(data: bytes, offset: int, size: int, what: str) -> int:
     if offset + size > len(data):
-        raise OsImageError(f"PE: {what} at byte {offset} lies past the end of the image")
+        raise MeasurementError(f"PE: {what} at byte {offset} lies past the end of the image")
     return int.from_bytes(data[offset : offset + size], "little")
 
 
@@ -26,7 +26,7 @@ def _header_layout(data: bytes) -> tuple[list[tuple[int, int]], int, int, int]:
     and the number of sections."""
     pe_offset = _read_le(data, 0x3C, 4, "e_lfanew")
     if data[pe_offset : pe_offset + 4] != b"PE\0\0":
-        raise OsImageError(f"PE: no PE signature at byte {pe_offset}")
+        raise MeasurementError(f"PE: no PE signature at byte {pe_offset}")
     coff = pe_offset + 4
     optional = coff + 20
     optional_size = _read_le(data, coff + 16, 2, "SizeOfOptionalHeader")
@@ -35,7 +35,9 @@ def _header_layout(data: bytes) -> tuple[list[tuple[int, int]], int, int, int]:
     security = optional + (112 if magic == _PE32_PLUS_MAGIC else 96) + 8 * _SECURITY_DIRECTORY
     headers_end = _read_le(data, optional + 60, 4, "SizeOfHeaders")
     if not security + 8 <= headers_end <= len(data):
-        raise OsImageError(f"PE: SizeOfHeaders {headers_end} does not cover the data directories")
+        raise MeasurementError(
+            f"PE: SizeOfHeaders {headers_end} does not cover the data directories"
+        )
     ranges = [(0, checksum), (checksum + 4, security), (security + 8, headers_end)]
     count = _read_le(data, coff + 2, 2, "NumberOfSections")
     return ranges, security, optional + optional_size, count

@@ -27,5 +27,10 @@ class EvidenceError(AttestationError):
     """A file or document is not any of the evidence shapes we understand."""
 
 
-class OsImageError(AttestationError):
-    """An OS image file (firmware, kernel, metadata.json) that dstack could not measure either."""
+class CborError(AttestationError):
+    """Bytes that are not one well-formed, definite-length, minimally encoded CBOR item."""
+
+
+class MeasurementError(AttestationError):
+    """An OS measurement document, VM shape or event log cannot yield expected registers; the
+    message says which input and why."""

@@ -1,4 +1,4 @@
-"""What OVMF measures of the kernel QEMU boots: the setup-header patch, RTMR1 and RTMR2 events.
+"""What OVMF measures of the kernel QEMU boots: the setup-header patch, kernel and cmdline digests.
 
 Mirrors dstack-mr's `kernel.rs`: QEMU writes loader fields into the bzImage's setup header
 before OVMF hashes it, so RTMR1 depends on the initrd size and, below 0xB0000000 bytes of
@@ -8,22 +8,15 @@ memory (except exactly 2 GiB), on the memory size.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 
-from oauth3.attestation.authenticode import authenticode_sha384
-from oauth3.attestation.errors import OsImageError
+from .authenticode import authenticode_sha384
+from .errors import MeasurementError
+from .td_hob import HIGH_MEMORY_SPLIT, LOW_MEMORY_TOP
 
 ACPI_DATA_SIZE = 0x28000
-STABLE_MIN_MEMORY = 0xB0000000
-COMPAT_2G_MEMORY = 0x80000000
 INITRD_SUFFIX = " initrd=initrd"
 _DEFAULT_INITRD_MAX = 0x37FFFFFF
 _U32_MAX = 0xFFFFFFFF
-
-
-def uses_high_memory_kernel_hash(memory_size: int) -> bool:
-    """True where the patched kernel equals the one dstack precomputes (2 GiB or >= 0xB0000000)."""
-    return memory_size == COMPAT_2G_MEMORY or memory_size >= STABLE_MIN_MEMORY
 
 
 def _put(kernel: bytearray, offset: int, value: int, size: int) -> None:
@@ -45,17 +38,17 @@ def initrd_address(
     """Where QEMU places the initrd (`ramdisk_image`), from memory below 4 GiB and the sizes."""
     protocol = int.from_bytes(kernel[0x206:0x208], "little")
     if protocol < 0x200:
-        raise OsImageError("kernel: boot protocol older than 2.00 cannot take an initrd")
-    lowmem = STABLE_MIN_MEMORY if memory_size < STABLE_MIN_MEMORY else COMPAT_2G_MEMORY
+        raise MeasurementError("kernel: boot protocol older than 2.00 cannot take an initrd")
+    lowmem = HIGH_MEMORY_SPLIT if memory_size < HIGH_MEMORY_SPLIT else LOW_MEMORY_TOP
     below_4g = min(memory_size, lowmem)
     if acpi_data_size > below_4g:
-        raise OsImageError(f"kernel: ACPI data {acpi_data_size} exceeds memory {below_4g}")
+        raise MeasurementError(f"kernel: ACPI data {acpi_data_size} exceeds memory {below_4g}")
     initrd_max = _initrd_max(kernel, protocol)
     available = below_4g - acpi_data_size
     if initrd_max >= available:
         initrd_max = max(available - 1, 0)
     if initrd_size >= initrd_max:
-        raise OsImageError(f"kernel: initrd of {initrd_size} bytes is too large for QEMU")
+        raise MeasurementError(f"kernel: initrd of {initrd_size} bytes is too large for QEMU")
     return (initrd_max - initrd_size) & ~0xFFF
 
 
@@ -64,9 +57,9 @@ def patch_setup_header(
 ) -> bytes:
     """The bzImage as QEMU leaves it for OVMF: loader type, heap, cmdline and initrd fields set."""
     if len(kernel) < 0x1000:
-        raise OsImageError(f"kernel: {len(kernel)} bytes is shorter than a setup header page")
+        raise MeasurementError(f"kernel: {len(kernel)} bytes is shorter than a setup header page")
     if initrd_size > _U32_MAX:
-        raise OsImageError("kernel: initrd is larger than 4 GiB")
+        raise MeasurementError("kernel: initrd is larger than 4 GiB")
     patched = bytearray(kernel)
     protocol = int.from_bytes(kernel[0x206:0x208], "little")
     loaded_high = protocol >= 0x200 and kernel[0x211] & 0x01
@@ -96,17 +89,6 @@ def patched_kernel_digest(
     return authenticode_sha384(patched)
 
 
-def rtmr1_events(kernel_digest: bytes) -> list[bytes]:
-    """RTMR1's five event digests: the kernel, then OVMF's four constant boot events."""
-    return [
-        kernel_digest,
-        hashlib.sha384(b"Calling EFI Application from Boot Option").digest(),
-        hashlib.sha384(bytes(4)).digest(),
-        hashlib.sha384(b"Exit Boot Services Invocation").digest(),
-        hashlib.sha384(b"Exit Boot Services Returned with Success").digest(),
-    ]
-
-
 def cmdline_digest(base_cmdline: str) -> bytes:
     """RTMR2's first event: `base_cmdline + " initrd=initrd"` in UTF-16LE with a NUL, SHA-384."""
     return hashlib.sha384((base_cmdline + INITRD_SUFFIX).encode("utf-16-le") + b"\0\0").digest()
@@ -115,11 +97,3 @@ def cmdline_digest(base_cmdline: str) -> bytes:
 def rtmr2_events(base_cmdline: str, initrd: bytes) -> list[bytes]:
     """RTMR2's two event digests: the measured command line and the initrd file."""
     return [cmdline_digest(base_cmdline), hashlib.sha384(initrd).digest()]
-
-
-def replay(events: Sequence[bytes]) -> bytes:
-    """An RTMR after extending 48 zero bytes with each digest in order."""
-    register = bytes(48)
-    for digest in events:
-        register = hashlib.sha384(register + digest).digest()
-    return register

@@ -7,15 +7,14 @@ descriptor; each 32-byte section says what QEMU adds to the TD and which pages i
 from __future__ import annotations
 
 import hashlib
-import itertools
 import struct
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from oauth3.attestation.errors import OsImageError
+from .errors import MeasurementError
+from .td_hob import PAGE_SIZE, witness_from_sections
 
-PAGE_SIZE = 0x1000
 MR_EXTEND_CHUNK = 0x100
 ATTRIBUTE_MR_EXTEND = 0x1
 ATTRIBUTE_PAGE_AUG = 0x2
@@ -43,58 +42,60 @@ class TdvfSection:
 
 def _u16(data: bytes, offset: int, what: str) -> int:
     if offset < 0 or offset + 2 > len(data):
-        raise OsImageError(f"TDVF: {what} out of range at byte {offset}")
+        raise MeasurementError(f"TDVF: {what} out of range at byte {offset}")
     return int.from_bytes(data[offset : offset + 2], "little")
 
 
 def _metadata_offset_entry(firmware: bytes) -> bytes:
     footer = len(firmware) - _BYTES_AFTER_FOOTER
     if footer < 18 or firmware[footer - 16 : footer] != _FOOTER_GUID:
-        raise OsImageError("TDVF: no GUID table footer 32 bytes before the end of the firmware")
+        raise MeasurementError("TDVF: no GUID table footer 32 bytes before the end of the firmware")
     tables_len = _u16(firmware, footer - 18, "GUID table length")
     if tables_len == 0 or tables_len > footer - 18:
-        raise OsImageError(f"TDVF: GUID table length {tables_len} does not fit the firmware")
+        raise MeasurementError(f"TDVF: GUID table length {tables_len} does not fit the firmware")
     tables = firmware[footer - 18 - tables_len : footer - 18]
     end = len(tables)
     while end >= 18:
         entry_len = _u16(tables, end - 18, "GUID table entry length")
         if entry_len > end - 18:
-            raise OsImageError(f"TDVF: GUID table entry length {entry_len} does not fit the table")
+            raise MeasurementError(
+                f"TDVF: GUID table entry length {entry_len} does not fit the table"
+            )
         if tables[end - 16 : end] == _METADATA_OFFSET_GUID:
             return tables[end - 18 - entry_len : end - 18]
         if entry_len == 0:
             break
         end -= entry_len
-    raise OsImageError("TDVF: the GUID table has no TDX metadata offset entry")
+    raise MeasurementError("TDVF: the GUID table has no TDX metadata offset entry")
 
 
 def _checked_section(index: int, section: TdvfSection) -> TdvfSection:
     if section.memory_address % PAGE_SIZE or section.memory_size % PAGE_SIZE:
-        raise OsImageError(f"TDVF: section {index} is not page aligned")
+        raise MeasurementError(f"TDVF: section {index} is not page aligned")
     if section.memory_size < section.raw_size:
-        raise OsImageError(f"TDVF: section {index} holds more raw bytes than memory")
+        raise MeasurementError(f"TDVF: section {index} holds more raw bytes than memory")
     return section
 
 
 def parse_tdvf_sections(firmware: bytes) -> tuple[TdvfSection, ...]:
-    """The TDVF descriptor's sections, in image order; OsImageError names what is malformed."""
+    """The TDVF descriptor's sections, in image order; MeasurementError names what is malformed."""
     entry = _metadata_offset_entry(firmware)
     if len(entry) < 4:
-        raise OsImageError("TDVF: the metadata offset entry is shorter than 4 bytes")
+        raise MeasurementError("TDVF: the metadata offset entry is shorter than 4 bytes")
     back = int.from_bytes(entry[-4:], "little")
     if back > len(firmware):
-        raise OsImageError(f"TDVF: metadata offset {back} exceeds the firmware size")
+        raise MeasurementError(f"TDVF: metadata offset {back} exceeds the firmware size")
     start = len(firmware) - back
     if start + _DESCRIPTOR.size > len(firmware):
-        raise OsImageError("TDVF: the descriptor is truncated")
+        raise MeasurementError("TDVF: the descriptor is truncated")
     signature, _length, version, count = _DESCRIPTOR.unpack_from(firmware, start)
     if signature != b"TDVF":
-        raise OsImageError(f"TDVF: descriptor signature is {signature!r}, not b'TDVF'")
+        raise MeasurementError(f"TDVF: descriptor signature is {signature!r}, not b'TDVF'")
     if version != 1:
-        raise OsImageError(f"TDVF: descriptor version {version} is not supported (only 1)")
+        raise MeasurementError(f"TDVF: descriptor version {version} is not supported (only 1)")
     first = start + _DESCRIPTOR.size
     if first + count * _SECTION.size > len(firmware):
-        raise OsImageError(f"TDVF: {count} sections do not fit the firmware")
+        raise MeasurementError(f"TDVF: {count} sections do not fit the firmware")
     return tuple(
         _checked_section(i, TdvfSection(*_SECTION.unpack_from(firmware, first + i * _SECTION.size)))
         for i in range(count)
@@ -113,7 +114,7 @@ def _mr_extend(firmware: bytes, section: TdvfSection, page: int) -> bytes:
         return b""
     start = section.data_offset + page * PAGE_SIZE
     if start + PAGE_SIZE > len(firmware):
-        raise OsImageError(f"TDVF: measured page at byte {start} lies past the firmware's end")
+        raise MeasurementError(f"TDVF: measured page at byte {start} lies past the firmware's end")
     parts = []
     for chunk in range(0, PAGE_SIZE, MR_EXTEND_CHUNK):
         gpa = section.memory_address + page * PAGE_SIZE + chunk
@@ -140,37 +141,11 @@ def tdvf_mrtd(firmware: bytes, sections: Sequence[TdvfSection], *, two_pass: boo
     return digest.digest()
 
 
-def _varuint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
 def td_hob_witness(sections: Sequence[TdvfSection]) -> bytes:
-    """dstack's TdHobWitnessV1: the accepted TD_HOB/TEMP_MEM page ranges as LEB128 varints."""
-    ranges: list[tuple[int, int]] = []
-    hob_pages = [
-        s.memory_address // PAGE_SIZE for s in sections if s.section_type == SECTION_TD_HOB
+    """dstack's TdHobWitnessV1 bytes for the TD_HOB and TEMP_MEM sections (`tdvf.rs:334-406`)."""
+    accepted = [
+        (s.memory_address, s.memory_size, s.section_type == SECTION_TD_HOB)
+        for s in sections
+        if s.section_type in {SECTION_TD_HOB, SECTION_TEMP_MEM}
     ]
-    for section in sections:
-        if section.section_type in {SECTION_TD_HOB, SECTION_TEMP_MEM}:
-            if section.memory_size == 0:
-                raise OsImageError("TDVF: a TD_HOB/TEMP_MEM section is empty")
-            ranges.append((section.memory_address // PAGE_SIZE, section.memory_size // PAGE_SIZE))
-    if not ranges:
-        raise OsImageError("TDVF: no TD_HOB or TEMP_MEM section")
-    if len(hob_pages) != 1:
-        raise OsImageError(f"TDVF: {len(hob_pages)} TD_HOB sections, dstack needs exactly one")
-    ranges.sort(key=lambda r: r[0])
-    for (start, count), (next_start, _) in itertools.pairwise(ranges):
-        if next_start < start + count:
-            raise OsImageError("TDVF: TD_HOB/TEMP_MEM ranges overlap")
-    base = ranges[0][0]
-    out = [_varuint(base), _varuint(hob_pages[0] - base), _varuint(len(ranges))]
-    for start, count in ranges:
-        out += [_varuint(start - base), _varuint(count)]
-    return b"".join(out)
+    return witness_from_sections(accepted).encode()
