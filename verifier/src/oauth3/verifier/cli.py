@@ -32,6 +32,7 @@ from .fetch import CollateralSource, FetchError, verify_bundle, verify_evidence,
 from .files import write_atomically
 from .http import DEFAULT_TIMEOUT
 from .output import json_text, printable, render
+from .platform import RECOMPUTED
 from .policy import (
     PLATFORM_FIELDS,
     PlatformPin,
@@ -167,6 +168,14 @@ def _parser(*, json_mode: bool = False) -> _Parser:
     )
     pins.add_argument("--expect-compose-hash", metavar="HEX", action="append", default=[])
     pins.add_argument("--expect-app-id", metavar="HEX", action="append", default=[])
+    pins.add_argument(
+        "--expect-os-image-hash",
+        metavar="HEX",
+        action="append",
+        default=[],
+        help="accept this dstack OS release (repeatable): MRTD and RTMR0-2 are recomputed from "
+        "its measurement document",
+    )
     for name, flag in PLATFORM_FLAGS.items():
         size = PLATFORM_FIELDS[name]
         pins.add_argument(flag, metavar="HEX", dest=f"pin_{name}", help=f"{size} bytes")
@@ -260,7 +269,9 @@ def _policy(args: argparse.Namespace) -> Policy:
         for name, value in platform_values.items():
             _hex_arg(value, PLATFORM_FLAGS[name], PLATFORM_FIELDS[name])
         platforms = (platform_pin(platform_values, "flags", name="given by flags"),)
-    pinned_by_flags = bool(platforms or args.expect_compose_hash or args.expect_app_id)
+    pinned_by_flags = bool(
+        platforms or args.expect_compose_hash or args.expect_app_id or args.expect_os_image_hash
+    )
     policy = merge(
         base,
         compose_hashes=frozenset(
@@ -268,6 +279,9 @@ def _policy(args: argparse.Namespace) -> Policy:
         ),
         app_ids=frozenset(_hex_arg(h, "--expect-app-id", 20) for h in args.expect_app_id),
         platforms=platforms,
+        os_image_hashes=frozenset(
+            _hex_arg(h, "--expect-os-image-hash", 32) for h in args.expect_os_image_hash
+        ),
         allowed_tcb=frozenset(args.allow_tcb),
         allowed_advisories=frozenset(args.allow_advisory),
         min_tcb_evaluation=args.min_tcb_evaluation,
@@ -318,15 +332,26 @@ def _options(args: argparse.Namespace) -> VerifyOptions:
     )
 
 
+def recomputed_release(verdict: Verdict) -> bytes | None:
+    """The OS release the platform step recomputed to the quote's registers, if it did."""
+    platform = next((s for s in verdict.steps if s.name == Step.PLATFORM), None)
+    os_facts = platform.details.get("os", {}) if platform is not None else {}
+    if os_facts.get("named_from") != RECOMPUTED or not os_facts.get("os_image_hash"):
+        return None
+    return bytes.fromhex(os_facts["os_image_hash"])
+
+
 def observed_policy(verdict: Verdict, previous: Policy) -> Policy:
-    """The policy a verification observed: its app, platform registers, TCB status and
-    advisories (and the mock root of a simulated quote)."""
+    """The policy a verification observed: its app, its OS release when one was recomputed
+    (else its platform registers), TCB status and advisories (and a simulator's mock root)."""
     measured = verdict.measurements
     values = {k: bytes.fromhex(measured[k]) for k in ("mrtd", "rtmr0", "rtmr1", "rtmr2")}
+    release = recomputed_release(verdict)
     return Policy(
         compose_hashes=frozenset([verdict.compose_hash] if verdict.compose_hash else []),
         app_ids=frozenset([verdict.app_id] if verdict.app_id else []),
-        platforms=(PlatformPin(name="observed", values=values),),
+        platforms=() if release else (PlatformPin(name="observed", values=values),),
+        os_image_hashes=frozenset([release] if release else []),
         allowed_tcb=frozenset([verdict.tcb_status]) if verdict.tcb_status else previous.allowed_tcb,
         allowed_advisories=frozenset(verdict.advisory_ids),
         min_tcb_evaluation=previous.min_tcb_evaluation,

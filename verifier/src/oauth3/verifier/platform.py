@@ -45,6 +45,7 @@ def parse_vm_config(text: str | None) -> dict[str, Any] | None:
 
 
 MEASURED = "measured in RTMR3"
+RECOMPUTED = "recomputed: vm_config's measurement document boots to the quote's registers"
 # without a measured os-image-hash (dstack without a KMS) the host's vm_config is all that names
 # the OS, so it cannot decide anything: the RTMR0-2 pins (kernel, initrd, command line) do
 UNMEASURED = "which image booted, dev or production, rests on the RTMR0-2 pins"
@@ -60,8 +61,9 @@ class OsIdentity:
 
     @property
     def measured(self) -> bool:
-        """True when the OS measured its own image hash into RTMR3 (dstack with a KMS)."""
-        return self.named_from == MEASURED
+        """True when the name is evidence: recomputed from the release, or measured by the OS
+        into RTMR3 (dstack with a KMS); False when it is only the host's word."""
+        return self.named_from in (MEASURED, RECOMPUTED)
 
     def describe(self) -> str:
         """One phrase: the OS and where its name came from. Unmeasured, a name is the host's
@@ -95,9 +97,17 @@ class PlatformMismatch(Exception):
     """The host's claims contradict the measurements, or the OS is refused by policy."""
 
 
-def identify_os(measured_hash: bytes | None, vm_config: Mapping[str, Any] | None) -> OsIdentity:
-    """Name the OS: the OS's own RTMR3 measurement first, else the host's vm_config (explanation
-    only). PlatformMismatch when the two disagree: the host describes an OS it did not boot."""
+def identify_os(
+    measured_hash: bytes | None,
+    vm_config: Mapping[str, Any] | None,
+    recomputed_hash: bytes | None = None,
+) -> OsIdentity:
+    """Name the OS: a release recomputed to the quote's registers first (what dstack-verifier
+    reports; RTMR3's os-image-hash is then only the KMS's echo, see `os_release`), else the OS's
+    own RTMR3 measurement, else the host's vm_config (explanation only). PlatformMismatch when
+    RTMR3 and an unrecomputed vm_config disagree: the host describes an OS it did not boot."""
+    if recomputed_hash is not None:
+        return OsIdentity(recomputed_hash, RECOMPUTED, release_for(recomputed_hash))
     claimed_text = vm_config.get("os_image_hash") if vm_config is not None else None
     claimed: bytes | None = None
     if isinstance(claimed_text, str):

@@ -29,6 +29,12 @@ PLATFORM_FIELDS: Mapping[str, int] = {
     "td_attributes": 8,
     "min_tee_tcb_svn": 16,
 }
+# [os] keys of the three ACPI digests RTMR0 measures (all or none), by dstack's event name
+ACPI_KEYS: Mapping[str, str] = {
+    "loader": "acpi_loader_sha384",
+    "rsdp": "acpi_rsdp_sha384",
+    "tables": "acpi_tables_sha384",
+}
 REQUIRED_PLATFORM_FIELDS = ("mrtd", "rtmr0", "rtmr1", "rtmr2")
 # a pin compared with a differently named measurement (a minimum, not an exact value)
 MEASURED_NAMES: Mapping[str, str] = {"min_tee_tcb_svn": "tee_tcb_svn"}
@@ -86,6 +92,8 @@ class Policy:
     allowed_advisories: frozenset[str] = frozenset()
     min_tcb_evaluation: int | None = None
     allow_dev_os: bool = False
+    os_image_hashes: frozenset[bytes] = frozenset()
+    acpi_digests: Mapping[str, bytes] = field(default_factory=dict)
     simulated_root_sha256: bytes | None = None
     source: str = "command-line flags"
 
@@ -166,6 +174,13 @@ def platform_pin(values: Mapping[str, Any], where: str, name: str = "") -> Platf
     return PlatformPin(name=label, values=decoded)
 
 
+def _acpi_pins(os_table: Mapping[str, Any]) -> dict[str, bytes]:
+    given = {name: os_table[key] for name, key in ACPI_KEYS.items() if key in os_table}
+    if given and len(given) != len(ACPI_KEYS):
+        raise PolicyError(f"[os] pins {len(given)} of the 3 ACPI digests: pin all three or none")
+    return {name: _hex(v, f"[os].{ACPI_KEYS[name]}", 48) for name, v in given.items()}
+
+
 def parse_policy(text: str, source: str) -> Policy:
     """Read a policy document (TOML); PolicyError names the first problem."""
     try:
@@ -179,7 +194,7 @@ def parse_policy(text: str, source: str) -> Policy:
     tcb = _table(
         doc, "tcb", ["allowed_statuses", "allowed_advisories", "min_evaluation_data_number"]
     )
-    os_table = _table(doc, "os", ["allow_dev"])
+    os_table = _table(doc, "os", ["allow_dev", "image_hashes", *ACPI_KEYS.values()])
     simulated = _table(doc, "simulated", ["root_ca_sha256"])
     platforms_raw = doc.get("platform", [])
     if not isinstance(platforms_raw, list):
@@ -213,6 +228,8 @@ def parse_policy(text: str, source: str) -> Policy:
         allowed_advisories=frozenset(_strings(tcb, "allowed_advisories", "[tcb]")),
         min_tcb_evaluation=minimum,
         allow_dev_os=allow_dev,
+        os_image_hashes=_hex_set(os_table, "image_hashes", "[os]", 32),
+        acpi_digests=_acpi_pins(os_table),
         simulated_root_sha256=(
             _hex(root, "[simulated].root_ca_sha256", 32) if root is not None else None
         ),
@@ -318,6 +335,13 @@ def render_policy(
         + "\n[os]\n"
         "# dstack dev images allow root login and debugging: refused unless this is true.\n"
         f"allow_dev = {'true' if policy.allow_dev_os else 'false'}\n"
+        "# Accepted OS releases (os_image_hash = sha256 of the image's sha256sum.txt): MRTD\n"
+        "# and RTMR0-2 are recomputed from the release's measurement document and must equal\n"
+        "# the quote's.\n"
+        f"image_hashes = {_hex_list(policy.os_image_hashes)}\n"
+        + "".join(
+            f'{ACPI_KEYS[name]} = "{value.hex()}"\n' for name, value in policy.acpi_digests.items()
+        )
     )
     if policy.simulated_root_sha256 is not None:
         parts.append(

@@ -23,6 +23,7 @@ from oauth3.attestation import (
     LAYOUTS,
     Event,
     Quote,
+    TdReport,
     compare_with_quote,
     decode_mr_config_id,
     info_digest,
@@ -33,7 +34,9 @@ from oauth3.attestation.merkle import HASH_SIZE, MerkleError, root_from_path
 from oauth3.attestation.rtmr3 import BootRecord, read_boot_record
 
 from .collateral import collateral_window
+from .os_release import ReleaseMismatch, check_release_pins, recompute
 from .platform import (
+    OsIdentity,
     PlatformMismatch,
     check_os,
     identify_os,
@@ -41,7 +44,7 @@ from .platform import (
     parse_vm_config,
     vouched_by,
 )
-from .policy import Policy
+from .policy import PlatformPin, Policy
 from .verdict import (
     EvidenceStep,
     Outcome,
@@ -431,13 +434,18 @@ def _check_platform(evidence: Evidence, state: _State, options: VerifyOptions) -
     details["vm_config"] = vm_config
     log = _log(evidence, state)
     measured_os = log.boot.os_image_hash if log.boot is not None else None
-    try:
-        identity = identify_os(measured_os, vm_config)
-        details["os"] = identity.as_json()
-        check_os(identity, options.policy)
-    except PlatformMismatch as exc:
-        raise fail(str(exc), details) from None
     policy = options.policy
+    try:
+        recomputed = recompute(vm_config, log.events if log.error is None else None, report, policy)
+        details["release"] = {"recomputation": recomputed.describe(), **recomputed.details}
+        if measured_os is not None and measured_os != recomputed.os_image_hash:
+            details["release"]["rtmr3_os_image_hash"] = measured_os.hex()
+        release_pin = check_release_pins(recomputed, policy)
+        identity = identify_os(measured_os, vm_config, recomputed.os_image_hash)
+        details["os"] = identity.as_json()
+        check_os(identity, policy)
+    except (PlatformMismatch, ReleaseMismatch) as exc:
+        raise fail(str(exc), details) from None
     pins = policy.platforms
     matching = [pin for pin in pins if not pin.mismatches(measured)]
     if pins and not matching:
@@ -447,13 +455,34 @@ def _check_platform(evidence: Evidence, state: _State, options: VerifyOptions) -
         )
         raise fail(f"the platform matches none of the pinned platforms ({wrong})", details)
     os_text = identity.describe()
+    if release_pin is not None:
+        details["vouched_by"] = f"your pinned OS release ({policy.source})"
+        return StepResult(
+            Step.PLATFORM,
+            Outcome.PASS,
+            f"not debug; MRTD and RTMR0-2 are exactly what the pinned OS release boots to "
+            f"({os_text}); {recomputed.describe()}",
+            details,
+        )
+    return _platform_by_register_pins(identity, report, policy, matching, details)
+
+
+def _platform_by_register_pins(
+    identity: OsIdentity,
+    report: TdReport,
+    policy: Policy,
+    matching: list[PlatformPin],
+    details: dict[str, Any],
+) -> StepResult:
+    os_text = identity.describe()
     if not matching:
         details["vouched_by"] = vouched_by(identity, report, None)
         return StepResult(
             Step.PLATFORM,
             Outcome.UNPINNED,
-            f"nothing pins MRTD and RTMR0-2 (give --policy or --expect-mrtd/--expect-rtmr0-2); "
-            f"OS: {os_text}; vouched for by {details['vouched_by']}",
+            "nothing pins MRTD and RTMR0-2 (give --expect-os-image-hash, --policy or "
+            f"--expect-mrtd/--expect-rtmr0-2); OS: {os_text}; vouched for by "
+            f"{details['vouched_by']}",
             details,
         )
     pin = matching[0]
