@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import struct
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
+from oauth3.attestation.os_image import ImageFiles, parse_image_metadata
 from oauth3.attestation.tdvf import (
     ATTRIBUTE_MR_EXTEND,
     ATTRIBUTE_PAGE_AUG,
@@ -112,3 +116,47 @@ def build_bzimage(
         struct.pack_into("<II", image, optional + 112 + 32, len(out), len(cert_table))
         out = bytes(image) + trailer + cert_table
     return out
+
+
+ROOTFS = "ab" * 32
+CMDLINE = f"console=ttyS0 dstack.rootfs_hash={ROOTFS} dstack.fde=1"
+
+
+def image_dir_files(cmdline: str = CMDLINE) -> dict[str, bytes]:
+    """A synthetic image directory's files by name (dstack 0.6.0's TD HOB layout)."""
+    metadata = {
+        "bios": "ovmf.fd",
+        "kernel": "bzImage",
+        "initrd": "initramfs.cpio.gz",
+        "cmdline": cmdline,
+        "version": "0.6.0",
+        "is_dev": False,
+    }
+    return {
+        "metadata.json": json.dumps(metadata).encode(),
+        "ovmf.fd": build_firmware(pages=2).image,
+        "bzImage": build_bzimage(),
+        "initramfs.cpio.gz": bytes(range(256)) * 40,
+    }
+
+
+def as_files(contents: dict[str, bytes]) -> ImageFiles:
+    """The ImageFiles a reader of this directory would pass on."""
+    metadata = parse_image_metadata(contents["metadata.json"])
+    return ImageFiles(
+        metadata, contents[metadata.bios], contents[metadata.kernel], contents[metadata.initrd]
+    )
+
+
+def sha256sum(contents: dict[str, bytes]) -> bytes:
+    """A `sha256sum.txt` listing these files, sorted by name as coreutils would print them."""
+    lines = [f"{hashlib.sha256(data).hexdigest()}  {name}\n" for name, data in contents.items()]
+    return "".join(sorted(lines, key=lambda line: line.split()[1])).encode()
+
+
+def write_image_dir(directory: Path, contents: dict[str, bytes]) -> Path:
+    """The files written into `directory` (created), which is returned."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, data in contents.items():
+        (directory / name).write_bytes(data)
+    return directory

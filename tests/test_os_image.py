@@ -17,7 +17,6 @@ from oauth3.attestation.measurement_document import (
     read_document,
 )
 from oauth3.attestation.os_image import (
-    ImageFiles,
     check_manifest,
     image_measurement,
     image_registers,
@@ -30,45 +29,10 @@ from oauth3.attestation.tdx_registers import (
     acpi_digests_from_log,
     expected_registers,
 )
-from tests.os_image_builders import build_bzimage, build_firmware
+from tests.os_image_builders import CMDLINE, ROOTFS, as_files, image_dir_files, sha256sum
 
-ROOTFS = "ab" * 32
-CMDLINE = f"console=ttyS0 dstack.rootfs_hash={ROOTFS} dstack.fde=1"
 ACPI = AcpiDigests(b"\x01" * 48, b"\x02" * 48, b"\x03" * 48, "pinned")
 LITE = "dstack-head/verifier-fixtures/tdx-lite-getquote.json"
-
-
-def image_dir_files(cmdline: str = CMDLINE) -> dict[str, bytes]:
-    """A synthetic image directory's files by name."""
-    metadata = {
-        "bios": "ovmf.fd",
-        "kernel": "bzImage",
-        "initrd": "initramfs.cpio.gz",
-        "cmdline": cmdline,
-        "version": "0.6.0",
-        "is_dev": False,
-    }
-    return {
-        "metadata.json": json.dumps(metadata).encode(),
-        "ovmf.fd": build_firmware(pages=2).image,
-        "bzImage": build_bzimage(),
-        "initramfs.cpio.gz": bytes(range(256)) * 40,
-    }
-
-
-def as_files(contents: dict[str, bytes]) -> ImageFiles:
-    metadata = parse_image_metadata(contents["metadata.json"])
-    return ImageFiles(
-        metadata,
-        contents[metadata.bios],
-        contents[metadata.kernel],
-        contents[metadata.initrd],
-    )
-
-
-def sha256sum(contents: dict[str, bytes]) -> bytes:
-    lines = [f"{hashlib.sha256(data).hexdigest()}  {name}\n" for name, data in contents.items()]
-    return "".join(sorted(lines, key=lambda line: line.split()[1])).encode()
 
 
 SHAPES = [
