@@ -47,19 +47,23 @@ def build_firmware(pages: int = 3, seed: int = 1) -> Firmware:
     cfv = TdvfSection(pages * PAGE_SIZE, PAGE_SIZE, 0xFFB00000, PAGE_SIZE, 0, 0)
     aug = TdvfSection(0, 0, 0x900000, 2 * PAGE_SIZE, 4, ATTRIBUTE_PAGE_AUG)
     sections = (bfv, cfv, aug, *DSTACK_HOB_SECTIONS)
+    return Firmware(firmware_image(body, sections), sections)
+
+
+def firmware_image(body: bytes, sections: tuple[TdvfSection, ...]) -> bytes:
+    """`body`, then a TDVF v1 descriptor listing `sections`, then the OVMF GUID table whose
+    metadata-offset entry points at it (behind another entry), then the footer."""
     descriptor = struct.pack("<4sIII", b"TDVF", 16 + 32 * len(sections), 1, len(sections))
     descriptor += b"".join(struct.pack("<IIQQII", *vars_of(s)) for s in sections)
-    descriptor_at = len(body)
-    meta_entry = struct.pack("<I", 0) + struct.pack("<H", 22) + METADATA_OFFSET_GUID
     other_entry = b"\xaa" * 6 + struct.pack("<H", 24) + OTHER_GUID
-    tables = b"\x00" * 24 + meta_entry + other_entry
-    tail = struct.pack("<H", len(tables)) + FOOTER_GUID + b"\x90" * 32
-    total = descriptor_at + len(descriptor) + len(tables) + len(tail)
-    meta_entry = struct.pack("<I", total - descriptor_at) + meta_entry[4:]
-    tables = b"\x00" * 24 + meta_entry + other_entry
-    image = body + descriptor + tables + tail
+    tables_len = 24 + 22 + len(other_entry)
+    tail = struct.pack("<H", tables_len) + FOOTER_GUID + b"\x90" * 32
+    total = len(body) + len(descriptor) + tables_len + len(tail)
+    back = total - len(body)
+    meta_entry = struct.pack("<IH", back, 22) + METADATA_OFFSET_GUID
+    image = body + descriptor + b"\x00" * 24 + meta_entry + other_entry + tail
     assert len(image) == total
-    return Firmware(image, sections)
+    return image
 
 
 def vars_of(section: TdvfSection) -> tuple[int, ...]:

@@ -6,9 +6,13 @@ import hashlib
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from oauth3.attestation.errors import MeasurementError
 from oauth3.attestation.tdvf import (
+    ATTRIBUTE_MR_EXTEND,
+    ATTRIBUTE_PAGE_AUG,
     PAGE_SIZE,
     SECTION_TD_HOB,
     TdvfSection,
@@ -16,7 +20,7 @@ from oauth3.attestation.tdvf import (
     td_hob_witness,
     tdvf_mrtd,
 )
-from tests.os_image_builders import DSTACK_HOB_SECTIONS, build_firmware
+from tests.os_image_builders import DSTACK_HOB_SECTIONS, build_firmware, firmware_image
 
 # dstack/dstack-mr/src/tdvf.rs @ 312dc605, test `td_hob_witness_v1_encodes_current_dstack_ranges_
 # compactly`;
@@ -133,3 +137,28 @@ def test_measured_page_past_the_image_is_refused() -> None:
     )
     with pytest.raises(MeasurementError, match="past the firmware"):
         tdvf_mrtd(firmware.image, (beyond,), two_pass=False)
+
+
+SECTIONS = st.builds(
+    TdvfSection,
+    data_offset=st.integers(0, 4).map(lambda pages: pages * PAGE_SIZE),
+    raw_size=st.just(0),
+    memory_address=st.integers(0, 2**40).map(lambda page: page * PAGE_SIZE),
+    memory_size=st.integers(0, 3).map(lambda pages: pages * PAGE_SIZE),
+    section_type=st.integers(0, 5),
+    attributes=st.sampled_from([0, ATTRIBUTE_MR_EXTEND, ATTRIBUTE_PAGE_AUG]),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(SECTIONS, max_size=8).map(tuple), st.binary(min_size=1, max_size=64))
+def test_any_descriptor_parses_back_and_measures_only_its_extended_pages(
+    sections: tuple[TdvfSection, ...], noise: bytes
+) -> None:
+    body = (noise * (8 * PAGE_SIZE // len(noise) + 1))[: 8 * PAGE_SIZE]
+    image = firmware_image(body, sections)
+    assert parse_tdvf_sections(image) == sections
+    for two_pass in (True, False):
+        assert tdvf_mrtd(image, sections, two_pass=two_pass) == _reference_mrtd(
+            image, sections, two_pass
+        )
