@@ -137,7 +137,12 @@ def test_the_directorys_manifest_names_the_release_and_binds_every_file(
     printed = measure_json(argv)
     assert printed["os_image_hash"] == hashlib.sha256(manifest).hexdigest()
     assert printed["release"] is None  # a synthetic image is no published release
-    assert printed["measurement_cbor"] == "identical to the image's"
+    assert printed["shipped_cbor"] == "identical to the computed one"
+    (image_dir / "measurement.tdx.cbor").write_bytes(cbor[:-1] + b"\x11")
+    (image_dir / "sha256sum.txt").write_bytes(
+        sha256sum({**contents, "measurement.tdx.cbor": cbor[:-1] + b"\x11"})
+    )
+    assert measure_json(argv)["shipped_cbor"] == "differs from the computed one"
     (image_dir / "bzImage").write_bytes(contents["bzImage"] + b"\0")
     code, text = measure(argv)
     assert code == EXIT_CANNOT_COMPUTE

@@ -285,6 +285,21 @@ HEADER = """\
 """
 
 
+def _os_section(policy: Policy) -> str:
+    return (
+        "\n[os]\n"
+        "# dstack dev images allow root login and debugging: refused unless this is true.\n"
+        f"allow_dev = {'true' if policy.allow_dev_os else 'false'}\n"
+        "# Accepted OS releases (os_image_hash = sha256 of the image's sha256sum.txt): MRTD\n"
+        "# and RTMR0-2 are recomputed from the release's measurement document and must equal\n"
+        "# the quote's.\n"
+        f"image_hashes = {_hex_list(policy.os_image_hashes)}\n"
+        + "".join(
+            f'{ACPI_KEYS[name]} = "{value.hex()}"\n' for name, value in policy.acpi_digests.items()
+        )
+    )
+
+
 def render_policy(
     policy: Policy,
     observed_from: str,
@@ -332,16 +347,7 @@ def render_policy(
             if observed_evaluation is not None
             else ""
         )
-        + "\n[os]\n"
-        "# dstack dev images allow root login and debugging: refused unless this is true.\n"
-        f"allow_dev = {'true' if policy.allow_dev_os else 'false'}\n"
-        "# Accepted OS releases (os_image_hash = sha256 of the image's sha256sum.txt): MRTD\n"
-        "# and RTMR0-2 are recomputed from the release's measurement document and must equal\n"
-        "# the quote's.\n"
-        f"image_hashes = {_hex_list(policy.os_image_hashes)}\n"
-        + "".join(
-            f'{ACPI_KEYS[name]} = "{value.hex()}"\n' for name, value in policy.acpi_digests.items()
-        )
+        + _os_section(policy)
     )
     if policy.simulated_root_sha256 is not None:
         parts.append(
