@@ -86,9 +86,12 @@ def build_bzimage(
     initrd_addr_max: int = 0x3FFFFFFF,
     cert_table: bytes = b"",
     trailer: bytes = b"",
+    pe32: bool = False,
+    bss: bool = False,
 ) -> bytes:
-    """A PE32+ bzImage: PE headers at 0x40, setup header at 0x1f1, three sections listed out of
-    file order, then optional trailing bytes and an optional certificate table."""
+    """A PE32+ (or PE32) bzImage: PE headers at 0x40, setup header at 0x1f1, three sections
+    listed out of file order (and a .bss without file bytes), then optional trailing bytes and an
+    optional certificate table."""
     image = bytearray(size)
     image[0:2] = b"MZ"
     struct.pack_into("<I", image, 0x3C, 0x40)
@@ -98,15 +101,22 @@ def build_bzimage(
         (".setup", 0x200, 0xE00),
         (".data", 0x1000, 0x1000),
     ]
-    struct.pack_into("<HHIIIHH", image, 0x44, 0x8664, len(sections), 0, 0, 0, 240, 0x206)
+    directories = 96 if pe32 else 112
+    optional_size = directories + 16 * 8
+    count = len(sections) + bss
+    machine = 0x14C if pe32 else 0x8664
+    struct.pack_into("<HHIIIHH", image, 0x44, machine, count, 0, 0, 0, optional_size, 0x206)
     optional = 0x58
-    struct.pack_into("<H", image, optional, 0x20B)
+    struct.pack_into("<H", image, optional, 0x10B if pe32 else 0x20B)
     struct.pack_into("<I", image, optional + 60, 0x200)
     struct.pack_into("<I", image, optional + 64, 0x12345678)
-    struct.pack_into("<I", image, optional + 108, 16)
+    struct.pack_into("<I", image, optional + directories - 4, 16)
     for index, (name, offset, length) in enumerate(sections):
-        entry = optional + 240 + 40 * index
+        entry = optional + optional_size + 40 * index
         struct.pack_into("<8sIIII", image, entry, name.encode(), length, offset, length, offset)
+    if bss:
+        entry = optional + optional_size + 40 * len(sections)
+        struct.pack_into("<8sIIII", image, entry, b".bss", 0x1000, size, 0, 0)
     for i in range(0x200, size):
         image[i] = (i * 13 + (i >> 9)) & 0xFF
     image[0x1F1:0x268] = bytes(0x268 - 0x1F1)
@@ -117,7 +127,7 @@ def build_bzimage(
     struct.pack_into("<H", image, 0x236, xloadflags)
     out = bytes(image) + trailer
     if cert_table:
-        struct.pack_into("<II", image, optional + 112 + 32, len(out), len(cert_table))
+        struct.pack_into("<II", image, optional + directories + 32, len(out), len(cert_table))
         out = bytes(image) + trailer + cert_table
     return out
 

@@ -106,8 +106,10 @@ def test_only_2g_and_high_memory_share_the_precomputed_hash() -> None:
         build_bzimage(),
         build_bzimage(size=0x6000, trailer=b"T" * 24, cert_table=b"C" * 40),
         build_bzimage(protocol=0x20C, xloadflags=0),
+        build_bzimage(pe32=True, bss=True),
+        build_bzimage(pe32=True, size=0x5000, trailer=b"T" * 8, cert_table=b"C" * 16),
     ],
-    ids=["plain", "signed-with-trailer", "protocol-2.12"],
+    ids=["plain", "signed-with-trailer", "protocol-2.12", "pe32-bss", "pe32-signed"],
 )
 def test_authenticode_equals_lief_on_8_byte_aligned_images(image: bytes) -> None:
     for candidate in (image, patch_setup_header(image, INITRD, HIGH_MEMORY_SPLIT)):
