@@ -1,8 +1,9 @@
-"""Published dstack guest OS images: os_image_hash -> image name, dev or not, MRTD where published.
+"""Published dstack guest OS images: os_image_hash -> name, dev or not, MRTD, measurement document.
 
 The table (`dstack_os_releases.json`) is data read from public release pages and named sources,
 one source per value. It names an OS and flags dev images; it vouches for a platform only where
 a published MRTD matches the quote, and even then RTMR0-2 still need the relying party's pins.
+`measurement_document` says whether the image ships `measurement.tdx.cbor` (None: no source says).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ class OsRelease:
     source: str
     mrtd: bytes | None = None
     mrtd_source: str | None = None
+    mrtd_candidate: str | None = None
+    measurement_document: bool | None = None
+    measurement_document_source: str | None = None
 
     @property
     def label(self) -> str:
@@ -49,6 +53,9 @@ def os_releases() -> Mapping[bytes, OsRelease]:
             source=entry["os_image_hash_source"],
             mrtd=bytes.fromhex(mrtd) if mrtd else None,
             mrtd_source=entry.get("mrtd_source"),
+            mrtd_candidate=entry.get("mrtd_candidate"),
+            measurement_document=entry.get("measurement_document"),
+            measurement_document_source=entry.get("measurement_document_source"),
         )
         table[release.os_image_hash] = release
     return table
