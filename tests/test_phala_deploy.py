@@ -17,8 +17,12 @@ import yaml
 from aiohttp import web
 
 from oauth3.attestation import parse_quote
+from oauth3.attestation.dstack_os import os_releases
 from oauth3.phala.deploy import DeployPlan, compose_to_send
+from oauth3.phala.deploy_cli import verify_argv
 from oauth3.phala.manifest import canonical_json, parse_images, render
+from oauth3.phala.os_pin import BY_REGISTERS, BY_RELEASE, ships_document
+from oauth3.verifier.policy import Policy
 from tests.phala_fake import PRODUCTION_IMAGE, UNMEASURED_IMAGE, FakePhala
 from tests.stack import RunningStack, collateral, pinned_release, root, running_stack, serving
 
@@ -416,3 +420,31 @@ async def test_bad_deploy_input_is_one_line_exit_2_and_reaches_no_api(
     assert err.count("\n") == 1
     assert "\x1b" not in err
     assert state.journal == []
+
+
+def test_the_verify_pins_leave_to_the_users_policy_what_it_pins() -> None:
+    record = {
+        "compose_hash": "cc" * 32,
+        "app_id": "dd" * 20,
+        "os_image_hash": "ee" * 32,
+        "platform_pinned_by": BY_RELEASE,
+    }
+    argv = verify_argv(record, "https://app.example", ["--pccs", "x"])
+    assert argv[:6] == [
+        "--expect-compose-hash", "cc" * 32, "--expect-app-id", "dd" * 20,
+        "--expect-os-image-hash", "ee" * 32,
+    ]  # fmt: skip
+    assert argv[-4:] == ["x", "--json", "--", "https://app.example"]
+    pinned = Policy(compose_hashes=frozenset([b"\xcc" * 32]), os_image_hashes=frozenset([b"\x01"]))
+    argv = verify_argv(record, "https://app.example", [], ("mine.toml", pinned))
+    assert argv[:4] == ["--policy", "mine.toml", "--expect-app-id", "dd" * 20]
+    assert "--expect-os-image-hash" not in argv
+    by_registers = verify_argv({**record, "platform_pinned_by": BY_REGISTERS}, "u", [])
+    assert "--expect-os-image-hash" not in by_registers
+
+
+def test_which_releases_ship_a_measurement_document() -> None:
+    by_version = {r.version: ships_document(r) for r in os_releases().values() if not r.dev}
+    assert by_version["0.5.12"] is False
+    assert by_version["0.6.0-rc0"] is True
+    assert by_version["0.6.6"] is True
