@@ -23,6 +23,7 @@ from eth_keys import keys
 from eth_utils import keccak
 
 from oauth3.attestation.dstack_os import a_dev_release, os_releases
+from oauth3.phala.os_pin import ships_document
 
 MODES = (
     "honest",
@@ -37,7 +38,9 @@ MODES = (
     "on_chain",
     "status:<code>",
 )
-PRODUCTION_IMAGE = next(h for h, r in os_releases().items() if not r.dev)
+# production releases with and without a measurement document (the verify step pins the former)
+PRODUCTION_IMAGE = next(h for h, r in os_releases().items() if not r.dev and ships_document(r))
+UNMEASURED_IMAGE = next(h for h, r in os_releases().items() if not r.dev and not ships_document(r))
 
 
 def canonical(document: Any) -> bytes:
@@ -60,6 +63,7 @@ class FakePhala:
     pending: dict[str, Any] = field(default_factory=dict)
     failures_left: int = 1
     app_id: str = field(default_factory=lambda: secrets.token_hex(20))
+    os_image: bytes = PRODUCTION_IMAGE
 
     def commits(self) -> list[Any]:
         """Every commit request the fake received."""
@@ -140,7 +144,7 @@ class FakePhala:
         if _is_commit("POST", request.path, body):
             return self._commit(body)
         self.stored, digest = self._prepared(dict(body["compose_file"]))
-        image = a_dev_release().os_image_hash if self.mode == "dev_os" else PRODUCTION_IMAGE
+        image = a_dev_release().os_image_hash if self.mode == "dev_os" else self.os_image
         return web.json_response(
             {
                 "app_id": self.app_id,

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -98,6 +99,13 @@ async def serving(
         yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
+
+
+def pinned_release(stack: RunningStack) -> str:
+    """The simulated OS release (os_image_hash, hex) the stack boots, as make run's policy pins
+    it."""
+    releases: list[str] = tomllib.loads(stack.paths.policy.read_text())["os"]["image_hashes"]
+    return releases[0]
 
 
 def observed_pins(stack: RunningStack) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import json
 import os
 import sys
@@ -17,12 +16,15 @@ import pytest
 import yaml
 from aiohttp import web
 
-from oauth3.phala import deploy_cli
+from oauth3.attestation import parse_quote
+from oauth3.attestation.dstack_os import os_releases
 from oauth3.phala.deploy import DeployPlan, compose_to_send
+from oauth3.phala.deploy_cli import verify_argv
 from oauth3.phala.manifest import canonical_json, parse_images, render
-from tests.phala_fake import FakePhala
-from tests.stack import collateral, root, running_stack, serving
-from tests.verifycli import platform_flags
+from oauth3.phala.os_pin import BY_REGISTERS, BY_RELEASE, ships_document
+from oauth3.verifier.policy import Policy
+from tests.phala_fake import PRODUCTION_IMAGE, UNMEASURED_IMAGE, FakePhala
+from tests.stack import RunningStack, collateral, pinned_release, root, running_stack, serving
 
 MANIFEST = Path(__file__).resolve().parent.parent / "deploy" / "phala-app.yaml"
 SIDECAR = "registry.example/oauth3-sidecar@sha256:" + "ab" * 32
@@ -180,37 +182,109 @@ def simulated_manifest(tmp_path: Path) -> tuple[Path, str]:
     return path, again.compose_hash.hex()
 
 
-async def test_the_last_step_verifies_the_running_cvm_with_oauth3_verify(
+def verify_flags(stack: RunningStack) -> list[str]:
+    """--verify-arg flags: the stack's mock root and collateral, a simulator allowed. Nothing
+    pins the platform: deploy's own pins must."""
+    flags = [*root(stack), *collateral(stack)]
+    pairs = zip(flags[0::2], flags[1::2], strict=True)
+    return ["--verify-arg=--allow-simulated", *(f"--verify-arg={a}={b}" for a, b in pairs)]
+
+
+async def test_the_verify_step_pins_the_release_the_backend_provisioned(
     fake: tuple[FakePhala, str], tmp_path: Path
 ) -> None:
     state, prefix = fake
+    manifest, digest = simulated_manifest(tmp_path)
+    record_path = tmp_path / "deployment.json"
+    with running_stack(manifest=manifest) as stack:
+        release = pinned_release(stack)
+        state.app_url, state.app_id = stack.base_url, digest[:40]
+        # the backend names a published release that ships a document; the CVM boots another
+        state.os_image = PRODUCTION_IMAGE
+        code, out, err = await deploy(prefix, tmp_path, *verify_flags(stack))
+        assert code == 6, out + err
+        assert "is not a pinned release" in err
+        assert len(state.commits()) == 1
+        assert json.loads(record_path.read_text())["state"] == "committed"
+        record_path.unlink()
+        state.os_image = bytes.fromhex(release)
+        state.app_id = "ab" * 20
+        allow = ["--allow-os-image", release]
+        code, out, err = await deploy(prefix, tmp_path, *allow, *verify_flags(stack))
+        assert code == 6, out + err
+        assert "oauth3-verify refused the running CVM" in err
+        record_path.unlink()
+        state.app_id = digest[:40]
+        code, out, err = await deploy(prefix, tmp_path, *allow, *verify_flags(stack))
+    assert code == 0, out + err
+    assert "verified   SIMULATED (exit 0)" in out
+    assert f"OS release os_image_hash {release}: MRTD and RTMR0-2 recomputed" in out
+    record = json.loads(record_path.read_text())
+    assert (record["state"], record["compose_hash"]) == ("deployed", digest)
+    assert (record["os_image_hash"], record["platform_pinned_by"]) == (release, "release")
+    assert f'image_hashes = ["{release}"]' in (tmp_path / "policy.toml").read_text()
+
+
+def register_policy(path: Path, registers: list[bytes], *extra: str) -> Path:
+    """A policy pinning MRTD and RTMR0-2 as a [[platform]] (and `extra` lines first)."""
+    values = dict(zip(["mrtd", "rtmr0", "rtmr1", "rtmr2"], registers, strict=True))
+    lines = ["format = 1", *extra, "[[platform]]", 'name = "measured out of band"']
+    path.write_text("\n".join([*lines, *(f'{k} = "{v.hex()}"' for k, v in values.items())]))
+    return path
+
+
+async def test_a_release_without_a_measurement_document_needs_register_pins(
+    fake: tuple[FakePhala, str], tmp_path: Path
+) -> None:
+    state, prefix = fake
+    state.os_image = UNMEASURED_IMAGE
+    for skip in ([], ["--no-verify"]):
+        code, out, err = await deploy(prefix, tmp_path, *skip)
+        assert code == 3, out + err
+        assert "ships no measurement document" in err
+        assert "--policy FILE with a [[platform]]" in err
+        assert err.count("\n") == 1
+    os_pin = f'image_hashes = ["{UNMEASURED_IMAGE.hex()}"]'
+    both = register_policy(tmp_path / "both.toml", [bytes(48)] * 4, "[os]", os_pin)
+    code, out, err = await deploy(prefix, tmp_path, "--policy", str(both))
+    assert code == 3, out + err
+    assert "so that pin can never be checked" in err
+    assert state.commits() == []
     manifest, digest = simulated_manifest(tmp_path)
     with running_stack(manifest=manifest) as stack:
         async with (
             aiohttp.ClientSession() as session,
             session.get(f"{stack.base_url}/attestation") as response,
         ):
-            quote = base64.b64decode((await response.json())["quote"])
-        flags = [*root(stack), *collateral(stack), *platform_flags(quote)]
-        pairs = zip(flags[0::2], flags[1::2], strict=True)
-        verify_args = [
-            "--verify-arg=--allow-simulated",
-            *(f"--verify-arg={a}={b}" for a, b in pairs),
-        ]
-        state.app_url = stack.base_url
-        state.app_id = "ab" * 20
-        code, out, err = await deploy(prefix, tmp_path, *verify_args)
-        assert code == 6, out + err
-        assert "oauth3-verify refused the running CVM" in err
-        assert json.loads((tmp_path / "deployment.json").read_text())["state"] == "committed"
-        (tmp_path / "deployment.json").unlink()
-        state.app_id = digest[:40]
-        code, out, err = await deploy(prefix, tmp_path, *verify_args)
+            report = parse_quote(base64.b64decode((await response.json())["quote"])).report
+        state.app_url, state.app_id = stack.base_url, digest[:40]
+        pins = register_policy(tmp_path / "pins.toml", [report.mr_td, *report.rtmr[:3]])
+        code, out, err = await deploy(prefix, tmp_path, "--policy", str(pins), *verify_flags(stack))
     assert code == 0, out + err
-    assert "verified   SIMULATED (exit 0)" in out
-    assert "OS image not measured by the CVM (no KMS)" in out
+    assert "MRTD and RTMR0-2 match your policy's [[platform]] register pins" in out
     record = json.loads((tmp_path / "deployment.json").read_text())
-    assert (record["state"], record["compose_hash"]) == ("deployed", digest)
+    assert record["platform_pinned_by"] == "registers"
+    assert "image_hashes" not in (tmp_path / "policy.toml").read_text()
+
+
+async def test_what_the_users_policy_pins_is_checked_before_commit(
+    fake: tuple[FakePhala, str], tmp_path: Path
+) -> None:
+    state, prefix = fake
+    other_app = tmp_path / "app.toml"
+    other_app.write_text(f'format = 1\n[app]\ncompose_hashes = ["{"00" * 32}"]\n')
+    code, out, err = await deploy(prefix, tmp_path, "--policy", str(other_app))
+    assert code == 3, out + err
+    assert "is not one your policy pins" in err
+    other_os = tmp_path / "os.toml"
+    other_os.write_text(f'format = 1\n[os]\nimage_hashes = ["{"00" * 32}"]\n')
+    code, out, err = await deploy(prefix, tmp_path, "--policy", str(other_os))
+    assert code == 3, out + err
+    assert "not one you allow" in err
+    code, out, err = await deploy(prefix, tmp_path, "--cvm-id", "cvm-7")
+    assert code == 3, out + err
+    assert "does not name the OS the CVM runs" in err
+    assert state.commits() == []
 
 
 async def run_check(prefix: str, *args: str) -> tuple[int, str, str]:
@@ -325,31 +399,6 @@ async def test_on_chain_kms_stops_after_the_checks_with_what_to_register(
     assert state.commits() == []
 
 
-def test_a_measured_os_image_other_than_the_provisioned_one_is_not_verified(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # the local simulator boots without a KMS, so nothing measures os-image-hash into RTMR3:
-    # this is the one path reached by standing in for oauth3-verify's report
-    measured = "11" * 32
-
-    def report(argv: list[str], out: io.StringIO) -> int:
-        assert argv[-2:] == ["--", "https://app.example"]
-        assert argv[argv.index("--expect-compose-hash") + 1] == "cc" * 32
-        os_facts = {"os_image_hash": measured, "measured": True}
-        steps = [{"name": "platform", "ok": True, "details": {"os": os_facts}}]
-        out.write(json.dumps({"verdict": "VERIFIED", "steps": steps}))
-        return 0
-
-    monkeypatch.setattr(deploy_cli, "run_verifier", report)
-    record = {"compose_hash": "cc" * 32, "app_id": "dd" * 20, "os_image_hash": "22" * 32}
-    with pytest.raises(deploy_cli.NotVerified, match="measured OS image 1111"):
-        deploy_cli.verify_running(record, "https://app.example", [])
-    lines = deploy_cli.verify_running(
-        {**record, "os_image_hash": measured}, "https://app.example", []
-    )
-    assert lines[1].startswith(f"OS image {measured} (measured in RTMR3")
-
-
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -358,6 +407,7 @@ def test_a_measured_os_image_other_than_the_provisioned_one_is_not_verified(
         (["-e", "GREETING"], "not KEY=VALUE"),
         (["--allow-os-image", "xyz"], "--allow-os-image"),
         (["--pre-launch-script", "no-such-prelaunch.sh"], "No such file"),
+        (["--policy", "no-such-policy.toml"], "No such file"),
     ],
 )
 async def test_bad_deploy_input_is_one_line_exit_2_and_reaches_no_api(
@@ -370,3 +420,31 @@ async def test_bad_deploy_input_is_one_line_exit_2_and_reaches_no_api(
     assert err.count("\n") == 1
     assert "\x1b" not in err
     assert state.journal == []
+
+
+def test_the_verify_pins_leave_to_the_users_policy_what_it_pins() -> None:
+    record = {
+        "compose_hash": "cc" * 32,
+        "app_id": "dd" * 20,
+        "os_image_hash": "ee" * 32,
+        "platform_pinned_by": BY_RELEASE,
+    }
+    argv = verify_argv(record, "https://app.example", ["--pccs", "x"])
+    assert argv[:6] == [
+        "--expect-compose-hash", "cc" * 32, "--expect-app-id", "dd" * 20,
+        "--expect-os-image-hash", "ee" * 32,
+    ]  # fmt: skip
+    assert argv[-4:] == ["x", "--json", "--", "https://app.example"]
+    pinned = Policy(compose_hashes=frozenset([b"\xcc" * 32]), os_image_hashes=frozenset([b"\x01"]))
+    argv = verify_argv(record, "https://app.example", [], ("mine.toml", pinned))
+    assert argv[:4] == ["--policy", "mine.toml", "--expect-app-id", "dd" * 20]
+    assert "--expect-os-image-hash" not in argv
+    by_registers = verify_argv({**record, "platform_pinned_by": BY_REGISTERS}, "u", [])
+    assert "--expect-os-image-hash" not in by_registers
+
+
+def test_which_releases_ship_a_measurement_document() -> None:
+    by_version = {r.version: ships_document(r) for r in os_releases().values() if not r.dev}
+    assert by_version["0.5.12"] is False
+    assert by_version["0.6.0-rc0"] is True
+    assert by_version["0.6.6"] is True

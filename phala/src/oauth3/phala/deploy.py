@@ -2,9 +2,10 @@
 
 render → provision with every app-compose field explicit → refuse before commit unless the
 backend's compose hash is sha256 of the exact bytes sent, its OS image is a production one you
-allow, and its answer holds what was asked → check the env key → encrypt the env → commit → wait →
-read back the stored compose (its hash must be the committed one; else the CVM is stopped) → verify
-the running CVM with oauth3-verify → write deployment.json and a policy.
+allow whose platform the verify step can pin (see `os_pin`), and its answer holds what was asked
+→ check the env key → encrypt the env → commit → wait → read back the stored compose (its hash
+must be the committed one; else the CVM is stopped) → verify the running CVM with oauth3-verify,
+pinning the provisioned release → write deployment.json and a policy.
 
 Re-runs: before the commit request is sent, `deployment.json` records the checked app id, compose
 hash and env key (state `committing`). A re-run with the same compose hash resumes from there and
@@ -25,10 +26,12 @@ from typing import Any
 
 from oauth3.attestation.dstack_os import release_for
 from oauth3.verifier.output import printable
+from oauth3.verifier.policy import Policy
 
 from .api import PhalaCloud
 from .envcrypt import EnvKeyError, encrypt_env, env_key_signer, parse_hex
 from .manifest import Rendered, canonical_json
+from .os_pin import PlatformUnverifiable, check_app_pins, platform_pinning
 from .records import read_record, write_record
 from .schema import BOOLEAN_DEFAULTS
 
@@ -62,6 +65,8 @@ class DeployPlan:
     allowed_os_images: frozenset[bytes] = frozenset()
     kms_signer: str | None = None
     cvm_id: str | None = None
+    policy: Policy | None = None
+    verify: bool = True
     out: Path = Path("deployment.json")
     poll_s: float = 2.0
     wait_s: float = 900.0
@@ -131,18 +136,37 @@ def check_compose_hash(sent: bytes, answer: Mapping[str, Any]) -> bytes:
 def check_provision(plan: DeployPlan, sent: bytes, answer: Mapping[str, Any]) -> dict[str, Any]:
     """What the provision answer must hold before anything is committed (DeployRefused)."""
     predicted = check_compose_hash(sent, answer)
-    os_image = check_os_image(answer, plan.allowed_os_images)
+    allowed = plan.allowed_os_images | (plan.policy.os_image_hashes if plan.policy else set())
+    os_image = check_os_image(answer, frozenset(allowed))
     for asked, key in ((plan.node_id, "node_id"), (plan.instance_type, "instance_type")):
         if asked is not None and key in answer and answer[key] != asked:
             raise DeployRefused(f"asked {key} {asked}, the backend chose {answer[key]!r}")
     kms_info = answer.get("kms_info")
     on_chain = isinstance(kms_info, dict) and kms_info.get("chain_id") is not None
-    facts = {"compose_hash": predicted.hex(), "os_image_hash": os_image.hex(), "on_chain": on_chain}
+    release = release_for(os_image)
+    facts = {
+        "compose_hash": predicted.hex(),
+        "os_image_hash": os_image.hex(),
+        "os_release": release.label if release else None,
+        "on_chain": on_chain,
+    }
     if not on_chain:
         facts["app_id"] = _hex_field(answer, "app_id", 20).hex()
         facts["env_pubkey"] = _hex_field(answer, "app_env_encrypt_pubkey", 32).hex()
     facts["kms_id"] = kms_info.get("id") if isinstance(kms_info, dict) else None
+    check_platform(plan, facts, os_image)
     return facts
+
+
+def check_platform(plan: DeployPlan, facts: dict[str, Any], os_image: bytes | None) -> None:
+    """Record how the verify step will pin the platform; DeployRefused when it never could,
+    or when the user's policy pins an app other than the one provisioned."""
+    try:
+        check_app_pins(facts, plan.policy)
+        if plan.verify or os_image is not None:
+            facts["platform_pinned_by"] = platform_pinning(os_image, plan.policy)
+    except PlatformUnverifiable as exc:
+        raise DeployRefused(str(exc)) from None
 
 
 async def check_env_key(api: PhalaCloud, plan: DeployPlan, facts: dict[str, Any]) -> str:
@@ -214,8 +238,7 @@ async def provision_checked(
     say(f"provision  compose hash {hashlib.sha256(sent).hexdigest()} (predicted)")
     answer = await api.provision(provision_request(plan, sent_document))
     facts = check_provision(plan, sent, answer)
-    release = release_for(bytes.fromhex(facts["os_image_hash"]))
-    say(f"checked    compose hash, OS image {release.label if release else facts['os_image_hash']}")
+    say(f"checked    compose hash, OS image {facts['os_release'] or facts['os_image_hash']}")
     if facts["on_chain"]:
         token = answer.get("token")
         raise OnChainRegistrationNeeded(
@@ -254,6 +277,7 @@ async def update_checked(
     facts["app_id"] = _hex_field(answer, "app_id", 20).hex()
     facts["kms_id"] = kms_info.get("id") if isinstance(kms_info, dict) else None
     facts["env_pubkey"] = None
+    check_platform(plan, facts, None)
     say("checked    compose hash")
     if plan.envs or plan.kms_signer:
         say(await check_env_key(api, plan, facts))

@@ -1,4 +1,5 @@
-"""`oauth3-phala deploy`'s options, and its last step: oauth3-verify on the running CVM."""
+"""`oauth3-phala deploy`'s options, and its last step: oauth3-verify on the running CVM, pinned
+to the compose hash committed, the app id and the OS release provisioned (see `os_pin`)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,13 @@ import aiohttp
 
 from oauth3.verifier.cli import run as run_verifier
 from oauth3.verifier.output import printable
+from oauth3.verifier.policy import Policy, PolicyError, load_policy
 
 from .api import ApiSettings, PhalaCloud
 from .check import official_prelaunch_scripts
 from .deploy import DeployPlan, deploy
 from .manifest import KMS_CHOICES, ManifestError, Rendered
+from .os_pin import pinning_line, verify_pins
 from .records import policy_text, write_atomically, write_record
 
 ENV_LINE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=(.*)")
@@ -44,6 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pre-launch-script", metavar="FILE", help="sent as pre_launch_script")
     parser.add_argument("--allow-os-image", action="append", default=[], metavar="HASH")
     parser.add_argument("--kms-signer", metavar="0xKEY", help="require this KMS signer")
+    parser.add_argument(
+        "--policy",
+        metavar="FILE",
+        help="your oauth3-verify policy: what it pins is checked before commit, and the verify "
+        "step uses it (its [[platform]] pins admit an OS release without a measurement document)",
+    )
     parser.add_argument("--cvm-id", help="update this CVM instead of creating one")
     parser.add_argument("--out", default="deployment.json", help="the deployment record")
     parser.add_argument("--policy-out", default="oauth3-policy.toml", help="the policy written")
@@ -85,6 +94,16 @@ def _script(args: argparse.Namespace, allowed: set[str]) -> str | None:
     return script.decode()
 
 
+def read_policy(path: str | None) -> Policy | None:
+    """The --policy file, parsed (ManifestError when it is not a policy)."""
+    if path is None:
+        return None
+    try:
+        return load_policy(Path(path))
+    except PolicyError as exc:
+        raise ManifestError(f"--policy {exc}") from None
+
+
 def make_plan(args: argparse.Namespace, rendered: Rendered, allowed: set[str]) -> DeployPlan:
     """The plan from the command line (ManifestError on bad values)."""
     if not CVM_NAME.fullmatch(args.name):
@@ -98,6 +117,8 @@ def make_plan(args: argparse.Namespace, rendered: Rendered, allowed: set[str]) -
         images.add(bytes.fromhex(value.removeprefix("0x")))
     return DeployPlan(
         rendered=rendered,
+        policy=read_policy(args.policy),
+        verify=not args.no_verify,
         name=args.name,
         envs=read_envs(args, rendered),
         kms=args.kms,
@@ -113,31 +134,24 @@ def make_plan(args: argparse.Namespace, rendered: Rendered, allowed: set[str]) -
     )
 
 
-def verify_argv(record: Mapping[str, Any], url: str, extra: list[str]) -> list[str]:
-    """oauth3-verify's argv: the committed compose hash and the app id pinned, JSON out, the URL
-    last (after `--`, so no URL is read as an option)."""
-    pins = ["--expect-compose-hash", str(record["compose_hash"])]
-    pins += ["--expect-app-id", str(record["app_id"])]
-    # the release pin (--expect-os-image-hash, issue 20) joins here where the boot can be
-    # recomputed; until then measured_os_image() below holds the CVM to the provisioned image
-    return [*pins, *extra, "--json", "--", url]
+def verify_argv(
+    record: Mapping[str, Any], url: str, extra: list[str], policy: tuple[str, Policy] | None = None
+) -> list[str]:
+    """oauth3-verify's argv: your policy (path, parsed) if given, the deployment's pins
+    (`os_pin.verify_pins`), JSON out, the URL last (after `--`, so no URL is read as an option)."""
+    given = ["--policy", policy[0]] if policy else []
+    pins = verify_pins(record, policy[1] if policy else None)
+    return [*given, *pins, *extra, "--json", "--", url]
 
 
-def measured_os_image(report: Mapping[str, Any]) -> tuple[str | None, bool]:
-    """The os_image_hash oauth3-verify's platform step names, and whether the CVM measured it
-    (RTMR3, with a KMS) rather than the host naming it."""
-    for step in report.get("steps", []):
-        if isinstance(step, dict) and step.get("name") == "platform":
-            facts = (step.get("details") or {}).get("os") or {}
-            return facts.get("os_image_hash"), facts.get("measured") is True
-    return None, False
-
-
-def verify_running(record: Mapping[str, Any], url: str, extra: list[str]) -> list[str]:
-    """Run oauth3-verify in-process on the CVM; what it verified, or NotVerified (also when the
-    OS image the CVM measured is not the one provisioned)."""
+def verify_running(
+    record: Mapping[str, Any], url: str, extra: list[str], policy: tuple[str, Policy] | None = None
+) -> list[str]:
+    """Run oauth3-verify in-process on the CVM; what it verified, or NotVerified. Its verdict
+    covers the OS: pinned by release, the platform step passes only when the quote's MRTD and
+    RTMR0-2 are what the provisioned release boots to."""
     out = io.StringIO()
-    code = run_verifier(verify_argv(record, url, extra), out)
+    code = run_verifier(verify_argv(record, url, extra, policy), out)
     try:
         report = json.loads(out.getvalue())
     except ValueError:
@@ -146,17 +160,9 @@ def verify_running(record: Mapping[str, Any], url: str, extra: list[str]) -> lis
     if code != 0:
         failed = [s for s in report.get("steps", []) if isinstance(s, dict) and not s.get("ok")]
         why = printable(str(failed[0].get("reason", ""))) if failed else ""
+        why = why or printable(str(report.get("error", "")))
         raise NotVerified(f"oauth3-verify refused the running CVM ({verdict}, exit {code}) {why}")
-    image, measured = measured_os_image(report)
-    provisioned = record.get("os_image_hash")
-    if measured and provisioned is not None and image != provisioned:
-        raise NotVerified(f"the CVM measured OS image {image}, not the provisioned {provisioned}")
-    if measured:
-        return [f"{verdict} (exit 0)", f"OS image {image} (measured in RTMR3, as provisioned)"]
-    return [
-        f"{verdict} (exit 0)",
-        "OS image not measured by the CVM (no KMS): platform pins decide",
-    ]
+    return [f"{verdict} (exit 0)", pinning_line(record)]
 
 
 def run_deploy(args: argparse.Namespace, rendered: Rendered) -> int:
@@ -180,7 +186,8 @@ def run_deploy(args: argparse.Namespace, rendered: Rendered) -> int:
     elif not isinstance(url, str) or not url:
         raise NotVerified("no URL to verify: the API gave none; pass --app-url")
     else:
-        for line in verify_running(record, url, args.verify_arg):
+        given = (args.policy, plan.policy) if args.policy and plan.policy else None
+        for line in verify_running(record, url, args.verify_arg, given):
             say(f"verified   {line}")
     write_record(plan.out, record)
     write_atomically(Path(args.policy_out), policy_text(record).encode())

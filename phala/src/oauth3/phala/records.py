@@ -52,15 +52,21 @@ def write_record(path: Path, record: Mapping[str, Any]) -> None:
 
 
 def policy_text(record: Mapping[str, Any]) -> str:
-    """An oauth3-verify policy pinning what the deployment checked: compose hash and app id.
-    The platform is left to `oauth3-verify --write-policy` after an out-of-band check."""
+    """An oauth3-verify policy pinning what the deployment checked: compose hash, app id and,
+    when the verify step pinned it, the OS release (MRTD and RTMR0-2 are recomputed from it)."""
+    release = record.get("platform_pinned_by") == "release" and record.get("os_image_hash")
+    os_pin = (
+        f"image_hashes = [{toml_string(str(record['os_image_hash']))}]\n"
+        if release
+        else "# no OS release pinned: add [[platform]] pins (MRTD, RTMR0-2) checked out of band\n"
+    )
     return (
         "# oauth3-verify policy written by oauth3-phala deploy for "
         f"{toml_string(str(record.get('name', '')))}\n"
-        "# the compose hash and app id below were checked before commit and read back after;\n"
-        "# add [[platform]] pins (MRTD, RTMR0-2) from an out-of-band check\n"
+        "# the compose hash, app id and OS release below were checked before commit; the compose\n"
+        "# was read back after it\n"
         "format = 1\n\n[app]\n"
         f"compose_hashes = [{toml_string(str(record['compose_hash']))}]\n"
         f"app_ids = [{toml_string(str(record['app_id']))}]\n\n"
-        "[os]\nallow_dev = false\n"
+        f"[os]\nallow_dev = false\n{os_pin}"
     )
