@@ -31,9 +31,8 @@ class PlatformUnverifiable(Exception):
 def ships_document(release: OsRelease) -> bool:
     """Whether the release ships a measurement document: the OS table's word where it gives one,
     else dstack's rule that releases from 0.6 on do."""
-    stated = getattr(release, "measurement_document", None)
-    if isinstance(stated, bool):
-        return stated
+    if release.measurement_document is not None:
+        return release.measurement_document
     match = re.match(r"(\d+)\.(\d+)", release.version)
     return match is not None and (int(match[1]), int(match[2])) >= FIRST_VERSION_WITH_DOCUMENT
 
