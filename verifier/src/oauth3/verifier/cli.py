@@ -30,7 +30,7 @@ from .collateral import DEFAULT_PCCS_URL, CollateralError, load_collateral
 from .commandline import OneLineParser
 from .fetch import CollateralSource, FetchError, verify_bundle, verify_evidence, verify_url
 from .files import write_atomically
-from .http import DEFAULT_TIMEOUT
+from .http_client import DEFAULT_TIMEOUT
 from .output import json_text, printable, render
 from .policy import (
     PLATFORM_FIELDS,
@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from _typeshed import SupportsWrite
 
 PROG = "oauth3-verify"
+INTERNAL_ERROR = "internal error (a bug: please report it with the input)"
 # written as commented-out suggestions: they tie a policy to one TDX module and TD shape
 OPTIONAL_OBSERVED = ("mrseam", "xfam", "td_attributes")
 PLATFORM_FLAGS = {
@@ -467,8 +468,9 @@ def _error(message: str, as_json: bool, out: TextIO) -> int:
 
 
 def run(argv: list[str] | None = None, out: TextIO | None = None) -> int:
-    """Run the command and return its exit code (usage, I/O and network errors: 2, one line on
-    stderr, and with --json also a JSON object with verdict ERROR on stdout)."""
+    """Run the command and return its exit code (usage, I/O and network errors, and any failure
+    of this program itself: 2, one line on stderr, and with --json also a JSON object with
+    verdict ERROR on stdout)."""
     stream = out if out is not None else sys.stdout
     as_json = "--json" in (argv if argv is not None else sys.argv[1:])
     try:
@@ -489,6 +491,8 @@ def run(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         return _error(str(exc), as_json, stream)
     except OSError as exc:
         return _error(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), as_json, stream)
+    except Exception as exc:
+        return _error(f"{INTERNAL_ERROR}: {type(exc).__name__}: {exc}", as_json, stream)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,6 +9,8 @@ import argparse
 import sys
 from typing import NoReturn
 
+from .output import printable
+
 USAGE_ERROR = 2
 
 
@@ -21,8 +23,9 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def fail(message: str, code: int = USAGE_ERROR) -> NoReturn:
-    """Print one line on stderr and exit with `code`."""
-    sys.stderr.write(message.rstrip("\n") + "\n")
+    """Print one line on stderr, every character that is not printable escaped, and exit with
+    `code`."""
+    sys.stderr.write(printable(" ".join(message.split())) + "\n")
     raise SystemExit(code)
 
 

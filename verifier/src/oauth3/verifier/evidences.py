@@ -30,7 +30,7 @@ from oauth3.attestation import AttestationError, load_evidence
 
 from .fetch import CollateralSource, FetchError, verify_evidence
 from .files import FileTooLarge, read_capped
-from .http import DEFAULT_TIMEOUT, BodyTooLarge, read_body
+from .http_client import DEFAULT_TIMEOUT, BodyTooLarge, read_body
 from .steps import Evidence, VerifyOptions, fail, guarded
 from .verdict import EvidenceStep, Outcome, StepResult, Verdict
 
