@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 from oauth3.attestation import AttestationError, load_evidence, parse_nonce
 from oauth3.attestation.tcb import TCB_STATUSES
 
-from . import evidences
+from . import evidences, evidences_fetch
 from .bundle import LATEST_TIME, Bundle, BundleError, load_bundle, parse_time, save_bundle
 from .collateral import DEFAULT_PCCS_URL, CollateralError, load_collateral
 from .commandline import OneLineParser
@@ -442,10 +442,10 @@ def _run_evidences(
     args: argparse.Namespace, options: VerifyOptions, source: CollateralSource
 ) -> tuple[Verdict, str, list[str]]:
     if args.evidences is not None:
-        connect_to = evidences.parse_connect_to(args.connect_to) if args.connect_to else None
+        connect_to = evidences_fetch.parse_connect_to(args.connect_to) if args.connect_to else None
         if args.tls_ca is not None and not Path(args.tls_ca).is_file():
             _usage(f"cannot read {args.tls_ca}: no such file")
-        fetching = evidences.fetch_evidences(
+        fetching = evidences_fetch.fetch_evidences(
             args.evidences,
             connect_to=connect_to,
             ca_file=args.tls_ca,

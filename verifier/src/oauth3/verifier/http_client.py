@@ -29,6 +29,10 @@ class HttpFailure(Exception):
     body over the cap. The message starts with `GET <url>:` and names the cause."""
 
 
+class AnswerTooLarge(HttpFailure):
+    """The answer's body (or its declared Content-Length) exceeds the cap."""
+
+
 @dataclass(frozen=True, slots=True)
 class Answer:
     """A complete answer: status, headers, body, and the URL that gave it (after redirects)."""
@@ -119,7 +123,7 @@ async def get_capped(
                 body = await read_body(response, cap)
                 return Answer(current, response.status, response.headers, body)
         except BodyTooLarge as exc:
-            raise HttpFailure(f"GET {current}: the body {exc}") from None
+            raise AnswerTooLarge(f"GET {current}: the body {exc}") from None
         except (aiohttp.ClientError, TimeoutError, ssl.SSLError, OSError, ValueError) as exc:
             raise HttpFailure(f"GET {current}: {type(exc).__name__} {exc}".rstrip()) from None
     raise HttpFailure(f"GET {url}: more than {MAX_REDIRECTS} redirects")

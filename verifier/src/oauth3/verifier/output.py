@@ -100,6 +100,7 @@ def render(verdict: Verdict, subject: str, notes: list[str], program: str) -> st
         ("report_data", hex_or_none(verdict.report_data)),
         ("compose_hash", hex_or_none(verdict.compose_hash)),
         ("app_id", hex_or_none(verdict.app_id)),
+        ("instance_id", hex_or_none(verdict.instance_id)),
         ("tcb_status", verdict.tcb_status),
         ("checked_at", verdict.as_json()["checked_at"]),
     ]

@@ -152,6 +152,7 @@ class Verdict:
     report_data: bytes | None = None
     compose_hash: bytes | None = None
     app_id: bytes | None = None
+    instance_id: bytes | None = None  # which replica of the app answered (None: no instance id)
     tcb_status: str | None = None
     advisory_ids: tuple[str, ...] = ()
     measurements: dict[str, str] = field(default_factory=dict)
@@ -218,6 +219,7 @@ class Verdict:
             "report_data": hex_or_none(self.report_data),
             "compose_hash": hex_or_none(self.compose_hash),
             "app_id": hex_or_none(self.app_id),
+            "instance_id": hex_or_none(self.instance_id),
             "tcb_status": self.tcb_status,
             "advisory_ids": list(self.advisory_ids),
             "simulated": self.simulated,
