@@ -6,10 +6,11 @@ import asyncio
 import hashlib
 import io
 import json
+import os
 import shutil
 import ssl
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -683,3 +684,56 @@ async def test_the_report_names_the_instance_id(world: World, tmp_path: Path) ->
         _, doc = await verify(online(world, served))
     assert len(doc["instance_id"]) == 40
     assert f"instance_id   {doc['instance_id']}" in text
+
+
+# ---------------------------------------------------------------- hostile saved directories
+
+
+def _saved_with(world: World, directory: Path, name: str, make: Callable[[Path], None]) -> Path:
+    saved = _save({k: v for k, v in world.good.items() if k != name}, directory)
+    make(saved / name)
+    return saved
+
+
+@pytest.mark.parametrize("name", ["sha256sum.txt", "quote.json"])
+async def test_a_saved_required_file_that_is_a_fifo_is_refused_without_hanging(
+    world: World, tmp_path: Path, name: str
+) -> None:
+    saved = _saved_with(world, tmp_path / "saved", name, os.mkfifo)
+    code, doc = await asyncio.wait_for(verify(world.check_args("--evidences-dir", str(saved))), 30)
+    assert (code, doc["verdict"]) == (2, "ERROR")
+    assert "not a regular file" in doc["error"]
+
+
+async def test_a_saved_listed_file_that_is_a_fifo_fails_files_without_hanging(
+    world: World, tmp_path: Path
+) -> None:
+    saved = _saved_with(world, tmp_path / "saved", "acme-account.json", os.mkfifo)
+    code, doc = await asyncio.wait_for(verify(world.check_args("--evidences-dir", str(saved))), 30)
+    assert code == 18, doc
+    assert "not a regular file" in step(doc, "evidence_files")["reason"]
+
+
+async def test_a_saved_file_that_is_a_symlink_is_not_followed(world: World, tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere.pem"
+    target.write_bytes(world.good[CERT_FILE])
+    saved = _saved_with(world, tmp_path / "saved", CERT_FILE, lambda p: p.symlink_to(target))
+    code, doc = await verify(world.check_args("--evidences-dir", str(saved), "--domain", DOMAIN))
+    assert code == 18, doc
+    assert "symbolic link" in step(doc, "evidence_files")["reason"]
+
+
+async def test_a_huge_saved_file_is_read_no_further_than_the_cap(
+    world: World, tmp_path: Path
+) -> None:
+    def huge(path: Path) -> None:
+        with path.open("wb") as handle:
+            handle.truncate(1 << 40)  # sparse: a terabyte that takes no disk
+
+    saved = _saved_with(world, tmp_path / "saved", "acme-account.json", huge)
+    code, doc = await verify(world.check_args("--evidences-dir", str(saved)))
+    assert code == 18, doc
+    assert "exceeds" in step(doc, "evidence_files")["reason"]
+    saved = _saved_with(world, tmp_path / "saved2", "quote.json", huge)
+    code, doc = await verify(world.check_args("--evidences-dir", str(saved)))
+    assert (code, doc["verdict"]) == (2, "ERROR")

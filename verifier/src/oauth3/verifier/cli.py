@@ -29,7 +29,7 @@ from .bundle import LATEST_TIME, Bundle, BundleError, load_bundle, parse_time, s
 from .collateral import DEFAULT_PCCS_URL, CollateralError, load_collateral
 from .commandline import OneLineParser
 from .fetch import CollateralSource, FetchError, verify_bundle, verify_evidence, verify_url
-from .files import write_atomically
+from .files import FileTooLarge, read_capped, write_atomically
 from .http_client import DEFAULT_TIMEOUT
 from .output import json_text, printable, render
 from .policy import (
@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from _typeshed import SupportsWrite
 
 PROG = "oauth3-verify"
+MAX_INPUT = 64 << 20  # a bundle or quote file is kilobytes; /dev/zero is not one
 INTERNAL_ERROR = "internal error (a bug: please report it with the input)"
 # written as commented-out suggestions: they tie a policy to one TDX module and TD shape
 OPTIONAL_OBSERVED = ("mrseam", "xfam", "td_attributes")
@@ -209,9 +210,17 @@ def _parser(*, json_mode: bool = False) -> _Parser:
 
 
 def read_input(path: str) -> bytes:
-    """A file's bytes (stdin for `-`); unreadable is a one-line usage error."""
+    """A file's bytes (stdin for `-`), at most MAX_INPUT; unreadable or larger is a one-line
+    usage error."""
     try:
-        return sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+        if path == "-":
+            data = sys.stdin.buffer.read(MAX_INPUT + 1)
+            if len(data) > MAX_INPUT:
+                raise FileTooLarge(f"standard input exceeds {MAX_INPUT} bytes")
+            return data
+        return read_capped(Path(path), MAX_INPUT)
+    except FileTooLarge as exc:
+        _usage(f"cannot read {path}: {exc}")
     except OSError as exc:
         _usage(f"cannot read {path}: {exc.strerror or exc}")
 

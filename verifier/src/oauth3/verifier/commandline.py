@@ -12,6 +12,7 @@ from typing import NoReturn
 from .output import printable
 
 USAGE_ERROR = 2
+MAX_INPUT = 64 << 20  # every input these tools read is kilobytes; /dev/zero is not one
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -30,11 +31,16 @@ def fail(message: str, code: int = USAGE_ERROR) -> NoReturn:
 
 
 def read_input(path: str) -> bytes:
-    """Read a file's bytes, or stdin's for `-`; an unreadable file is a one-line exit 2."""
+    """Read a file's bytes, or stdin's for `-`; an unreadable file, or one over MAX_INPUT bytes,
+    is a one-line exit 2."""
     try:
         if path == "-":
-            return sys.stdin.buffer.read()
-        with open(path, "rb") as handle:
-            return handle.read()
+            data = sys.stdin.buffer.read(MAX_INPUT + 1)
+        else:
+            with open(path, "rb") as handle:
+                data = handle.read(MAX_INPUT + 1)
     except OSError as exc:
         fail(f"cannot read {path}: {exc.strerror or exc}")
+    if len(data) > MAX_INPUT:
+        fail(f"cannot read {path}: larger than {MAX_INPUT} bytes")
+    return data

@@ -8,6 +8,7 @@ here prove the files are what it quoted and that the domain serves the quoted ce
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
@@ -22,7 +23,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from oauth3.attestation import AttestationError, load_evidence
 
 from .fetch import CollateralSource, verify_evidence
-from .files import FileTooLarge, read_capped
+from .files import FileTooLarge, read_regular_file
 from .http_client import DEFAULT_TIMEOUT
 from .steps import Evidence, VerifyOptions, fail, guarded
 from .verdict import EvidenceStep, Outcome, StepResult, Verdict
@@ -124,6 +125,12 @@ def domain_of_dir(directory: Path) -> str:
     return found[0].removeprefix("cert-").removesuffix(".pem")
 
 
+def _why(exc: OSError | FileTooLarge) -> str:
+    if isinstance(exc, OSError) and exc.errno == errno.ELOOP:
+        return "a symbolic link (saved evidences are plain files)"
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+
+
 def read_evidences_dir(directory: Path, domain: str | None) -> EvidenceSet:
     """Read saved evidences: sha256sum.txt, quote.json and every file sha256sum.txt lists.
     Raises EvidencesError (or OSError) when sha256sum.txt or quote.json cannot be read."""
@@ -133,18 +140,19 @@ def read_evidences_dir(directory: Path, domain: str | None) -> EvidenceSet:
     files: dict[str, bytes] = {}
     for required in (SHA256SUM, QUOTE_JSON):
         try:
-            files[required] = read_capped(directory / required, MAX_FILE)
+            files[required] = read_regular_file(directory / required, MAX_FILE)
         except FileNotFoundError:
             raise EvidencesError(f"{directory} has no {required}") from None
         except FileTooLarge as exc:
             raise EvidencesError(str(exc)) from None
+        except OSError as exc:
+            raise EvidencesError(f"{directory / required}: {_why(exc)}") from None
     unreadable: dict[str, str] = {}
     for listed in listed_names(files):
         try:
-            files[listed] = read_capped(directory / listed, MAX_FILE)
+            files[listed] = read_regular_file(directory / listed, MAX_FILE)
         except (OSError, FileTooLarge) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            unreadable[listed] = reason
+            unreadable[listed] = _why(exc)
     return EvidenceSet(source=str(directory), domain=name, files=files, unreadable=unreadable)
 
 
