@@ -236,12 +236,15 @@ def load_policy(path: Path) -> Policy:
 
 
 def toml_string(text: str) -> str:
-    """A TOML basic string: quotes, backslashes and every control character escaped."""
+    """A TOML basic string: quotes, backslashes and every control character escaped; an
+    unpaired surrogate (TOML has no escape for one) is kept as its visible text `\\udXXX`."""
     out = []
     for char in text:
         if char in '"\\':
             out.append("\\" + char)
-        elif ord(char) < 0x20 or ord(char) == 0x7F or 0xD800 <= ord(char) <= 0xDFFF:
+        elif 0xD800 <= ord(char) <= 0xDFFF:
+            out.append(f"\\\\u{ord(char):04x}")
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
             out.append(f"\\u{ord(char):04x}")
         else:
             out.append(char)
