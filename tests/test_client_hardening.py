@@ -288,3 +288,18 @@ def test_a_platform_name_with_an_unpaired_surrogate_reads_back_visible() -> None
     """Found by the property above: TOML has no escape for a lone surrogate."""
     policy = Policy(platforms=(PlatformPin(name="a\udcff", values=PLATFORM),), source="p")
     assert parse_policy(render_policy(policy, ""), "p").platforms[0].name == "a\\udcff"
+
+
+def test_a_policy_nested_deeper_than_the_toml_parser_recurses_is_one_error_line(
+    vectors: Path, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
+    process = subprocess.run(
+        [*VERIFY, "--dstack-quote", str(vectors / REPORT), "--policy", str(policy), "--json"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert process.returncode == 2
+    assert "nest too deeply" in _one_error_line(process)

@@ -172,6 +172,8 @@ def parse_policy(text: str, source: str) -> Policy:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"not TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise PolicyError("not a policy: its arrays or tables nest too deeply") from None
     _no_unknown(doc, ["format", "app", "platform", "tcb", "os", "simulated"], "policy")
     if doc.get("format") != POLICY_FORMAT:
         raise PolicyError(f"format must be {POLICY_FORMAT}, got {doc.get('format')!r}")
