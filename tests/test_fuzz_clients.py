@@ -161,8 +161,9 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
+    if isinstance(value, str):  # the generators' deep nesting becomes TOML arrays
+        deep = len(value) > 100 and set(value) == {"["}
+        return value + "]" * len(value) if deep else json.dumps(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value if v is not None) + "]"
     if isinstance(value, dict):

@@ -27,9 +27,9 @@ from oauth3.attestation.tcb import TCB_STATUSES
 from . import evidences, evidences_fetch
 from .bundle import LATEST_TIME, Bundle, BundleError, load_bundle, parse_time, save_bundle
 from .collateral import DEFAULT_PCCS_URL, CollateralError, load_collateral
-from .commandline import OneLineParser
+from .commandline import InputTooLarge, OneLineParser, read_input_bytes
 from .fetch import CollateralSource, FetchError, verify_bundle, verify_evidence, verify_url
-from .files import FileTooLarge, read_capped, write_atomically
+from .files import write_atomically
 from .http_client import DEFAULT_TIMEOUT
 from .output import json_text, printable, render
 from .policy import (
@@ -59,7 +59,6 @@ if TYPE_CHECKING:
     from _typeshed import SupportsWrite
 
 PROG = "oauth3-verify"
-MAX_INPUT = 64 << 20  # a bundle or quote file is kilobytes; /dev/zero is not one
 INTERNAL_ERROR = "internal error (a bug: please report it with the input)"
 # written as commented-out suggestions: they tie a policy to one TDX module and TD shape
 OPTIONAL_OBSERVED = ("mrseam", "xfam", "td_attributes")
@@ -210,19 +209,11 @@ def _parser(*, json_mode: bool = False) -> _Parser:
 
 
 def read_input(path: str) -> bytes:
-    """A file's bytes (stdin for `-`), at most MAX_INPUT; unreadable or larger is a one-line
-    usage error."""
+    """A file's bytes (stdin for `-`), at most 64 MiB; otherwise a one-line usage error."""
     try:
-        if path == "-":
-            data = sys.stdin.buffer.read(MAX_INPUT + 1)
-            if len(data) > MAX_INPUT:
-                raise FileTooLarge(f"standard input exceeds {MAX_INPUT} bytes")
-            return data
-        return read_capped(Path(path), MAX_INPUT)
-    except FileTooLarge as exc:
-        _usage(f"cannot read {path}: {exc}")
-    except OSError as exc:
-        _usage(f"cannot read {path}: {exc.strerror or exc}")
+        return read_input_bytes(path)
+    except (OSError, InputTooLarge) as exc:
+        _usage(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}")
 
 
 def _hex_arg(text: str, option: str, size: int) -> bytes:
@@ -450,19 +441,14 @@ def _run(argv: list[str] | None, out: TextIO, as_json: bool) -> int:
 def _run_evidences(
     args: argparse.Namespace, options: VerifyOptions, source: CollateralSource
 ) -> tuple[Verdict, str, list[str]]:
-    if args.evidences is not None:
-        connect_to = evidences_fetch.parse_connect_to(args.connect_to) if args.connect_to else None
-        if args.tls_ca is not None and not Path(args.tls_ca).is_file():
-            _usage(f"cannot read {args.tls_ca}: no such file")
-        fetching = evidences_fetch.fetch_evidences(
-            args.evidences,
-            connect_to=connect_to,
-            ca_file=args.tls_ca,
-            request_timeout=args.timeout,
-        )
-        found = asyncio.run(fetching)
-    else:
-        found = evidences.read_evidences_dir(Path(args.evidences_dir), args.domain)
+    found = evidences_fetch.obtain_evidences(
+        args.evidences,
+        args.evidences_dir,
+        domain=args.domain,
+        connect_to=args.connect_to,
+        ca_file=args.tls_ca,
+        request_timeout=args.timeout,
+    )
     checking = evidences.verify_evidences(found, options, source, request_timeout=args.timeout)
     verdict = asyncio.run(checking)
     return verdict, f"evidences {found.source} for {found.domain}", evidences.notes(found)
@@ -477,9 +463,8 @@ def _error(message: str, as_json: bool, out: TextIO) -> int:
 
 
 def run(argv: list[str] | None = None, out: TextIO | None = None) -> int:
-    """Run the command and return its exit code (usage, I/O and network errors, and any failure
-    of this program itself: 2, one line on stderr, and with --json also a JSON object with
-    verdict ERROR on stdout)."""
+    """Run the command and return its exit code (usage, I/O, network errors and any fault of its
+    own: 2, one line on stderr, and under --json an object with verdict ERROR on stdout)."""
     stream = out if out is not None else sys.stdout
     as_json = "--json" in (argv if argv is not None else sys.argv[1:])
     try:

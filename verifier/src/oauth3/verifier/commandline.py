@@ -30,17 +30,27 @@ def fail(message: str, code: int = USAGE_ERROR) -> NoReturn:
     raise SystemExit(code)
 
 
+class InputTooLarge(Exception):
+    """An input file or standard input holds more than MAX_INPUT bytes."""
+
+
+def read_input_bytes(path: str) -> bytes:
+    """A file's bytes, or stdin's for `-`; OSError when unreadable, InputTooLarge past
+    MAX_INPUT bytes (a FIFO such as `<(cmd)` is read, since the user named it)."""
+    if path == "-":
+        data = sys.stdin.buffer.read(MAX_INPUT + 1)
+    else:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_INPUT + 1)
+    if len(data) > MAX_INPUT:
+        raise InputTooLarge(f"larger than {MAX_INPUT} bytes")
+    return data
+
+
 def read_input(path: str) -> bytes:
     """Read a file's bytes, or stdin's for `-`; an unreadable file, or one over MAX_INPUT bytes,
     is a one-line exit 2."""
     try:
-        if path == "-":
-            data = sys.stdin.buffer.read(MAX_INPUT + 1)
-        else:
-            with open(path, "rb") as handle:
-                data = handle.read(MAX_INPUT + 1)
-    except OSError as exc:
-        fail(f"cannot read {path}: {exc.strerror or exc}")
-    if len(data) > MAX_INPUT:
-        fail(f"cannot read {path}: larger than {MAX_INPUT} bytes")
-    return data
+        return read_input_bytes(path)
+    except (OSError, InputTooLarge) as exc:
+        fail(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}")

@@ -8,16 +8,26 @@ a request uses, and a fetch that spanned connections presenting different leaves
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
-from .evidences import MAX_FILE, QUOTE_JSON, SHA256SUM, EvidencesError, EvidenceSet, listed_names
+from .evidences import (
+    MAX_FILE,
+    QUOTE_JSON,
+    SHA256SUM,
+    EvidencesError,
+    EvidenceSet,
+    listed_names,
+    read_evidences_dir,
+)
 from .fetch import FetchError
 from .http_client import DEFAULT_TIMEOUT, AnswerTooLarge, HttpFailure, get_capped, web_url
 
@@ -153,6 +163,30 @@ async def _fetch_once(base: URL, connector: _LeafRecorder, seconds: float) -> _F
     fetched.leaves = [leaf for _, leaf in connector.used]
     fetched.connections = len({key for key, _ in connector.used})
     return fetched
+
+
+def obtain_evidences(
+    url: str | None,
+    directory: str | None,
+    *,
+    domain: str | None,
+    connect_to: str | None,
+    ca_file: str | None,
+    request_timeout: float,
+) -> EvidenceSet:
+    """The evidences of --evidences URL (fetched) or --evidences-dir DIRECTORY (read), with the
+    options that apply to each; EvidencesError, FetchError or OSError (exit code 2)."""
+    if directory is not None:
+        return read_evidences_dir(Path(directory), domain)
+    if url is None:
+        raise EvidencesError("give --evidences URL or --evidences-dir DIR")
+    address = parse_connect_to(connect_to) if connect_to else None
+    if ca_file is not None and not Path(ca_file).is_file():
+        raise EvidencesError(f"cannot read {ca_file}: no such file")
+    fetching = fetch_evidences(
+        url, connect_to=address, ca_file=ca_file, request_timeout=request_timeout
+    )
+    return asyncio.run(fetching)
 
 
 async def fetch_evidences(
