@@ -32,11 +32,14 @@ from oauth3.verifier.cli import run
 from oauth3.verifier.evidences import (
     ChecksumFormatError,
     EvidencesError,
+    EvidenceSet,
     cert_file_for,
+    evidence_steps,
     names_domain,
     parse_sha256sum,
 )
 from oauth3.verifier.evidences_fetch import evidences_base, parse_connect_to
+from oauth3.verifier.verdict import StepResult
 from tests.fakes import short_socket_dir
 from tests.stack import simulator_process
 from tests.verifycli import pins_for, step, verify, verify_text
@@ -737,3 +740,74 @@ async def test_a_huge_saved_file_is_read_no_further_than_the_cap(
     saved = _saved_with(world, tmp_path / "saved2", "quote.json", huge)
     code, doc = await verify(world.check_args("--evidences-dir", str(saved)))
     assert (code, doc["verdict"]) == (2, "ERROR")
+
+
+# ---------------------------------------------------------------- crafted certificates
+
+
+def _served(listed: dict[str, bytes], served_der: bytes) -> EvidenceSet:
+    return EvidenceSet(
+        source="crafted",
+        domain=DOMAIN,
+        files={**listed, "sha256sum.txt": _sums(listed)},
+        unreadable={},
+        served_leaf=served_der,
+    )
+
+
+def _sums(files: dict[str, bytes]) -> bytes:
+    return "".join(f"{hashlib.sha256(d).hexdigest()}  {n}\n" for n, d in files.items()).encode()
+
+
+def check_tls(evidences: EvidenceSet) -> StepResult:
+    """The tls_certificate step as the verifier runs it (guarded: any exception fails it)."""
+    return evidence_steps(evidences, None, None)[2]
+
+
+def _der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def test_crafted_wildcards_cover_one_label_only() -> None:
+    key = new_key()
+    for pattern, covers in (("*.test", True), ("*.evidence.test", False), ("e*.test", False)):
+        cert = issue(pattern, key)
+        result = check_tls(_served({f"cert-{pattern}.pem": pem(cert)}, _der(cert)))
+        assert (result.ok is True) is covers, (pattern, result.reason)
+    deep = issue("*.test", key)
+    assert not names_domain(deep, "a.evidence.test")
+    assert names_domain(issue("EVIDENCE.TEST.", key), DOMAIN)
+
+
+def test_a_reissued_leaf_naming_another_domain_is_refused_though_its_key_matches() -> None:
+    key = new_key()
+    quoted, served = issue(DOMAIN, key), issue("other.test", key)
+    result = check_tls(_served({CERT_FILE: pem(quoted)}, _der(served)))
+    assert result.ok is False
+    assert "does not name" in result.reason
+
+
+def test_a_served_chain_is_judged_by_its_leaf_and_a_quoted_chain_by_its_first() -> None:
+    ca_key, key = new_key(), new_key()
+    ca = issue("crafted CA", ca_key, ca=True)
+    leaf = issue(DOMAIN, key, (ca, ca_key))
+    assert check_tls(_served({CERT_FILE: pem(leaf, ca)}, _der(leaf))).ok is True
+    reversed_chain = check_tls(_served({CERT_FILE: pem(ca, leaf)}, _der(leaf)))
+    assert reversed_chain.ok is False
+
+
+@pytest.mark.parametrize(
+    ("listed", "served"),
+    [
+        ({CERT_FILE: b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"}, None),
+        ({CERT_FILE: b"no pem at all"}, None),
+        ({}, b"\x30\x03\x02\x01\x00"),
+    ],
+)
+def test_malformed_certificates_fail_the_step_never_the_program(
+    listed: dict[str, bytes], served: bytes | None
+) -> None:
+    leaf = issue(DOMAIN, new_key())
+    listed = listed or {CERT_FILE: pem(leaf)}
+    result = check_tls(_served(listed, served if served is not None else _der(leaf)))
+    assert result.ok is False

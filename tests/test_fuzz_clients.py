@@ -13,15 +13,21 @@ import base64
 import hashlib
 import json
 import os
+import ssl
 import threading
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -216,6 +222,7 @@ class Hostile:
     """An HTTP server on 127.0.0.1 in its own thread answering each path as scripted."""
 
     port: int = 0
+    tls_port: int = 0
     answers: dict[str, tuple[int, dict[str, str], bytes]] = field(default_factory=dict)
 
     @property
@@ -223,9 +230,41 @@ class Hostile:
         return f"http://127.0.0.1:{self.port}"
 
 
+def _tls_context(directory: Path) -> ssl.SSLContext:
+    """A server context with a self-signed certificate for d.test and *.test."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "d.test")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - timedelta(hours=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("d.test"), x509.DNSName("*.test")]), False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    (directory / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(directory / "cert.pem", directory / "key.pem")
+    return context
+
+
 @pytest.fixture(scope="module")
-def hostile() -> Iterator[Hostile]:
+def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hostile]:
     server = Hostile()
+    tls = _tls_context(tmp_path_factory.mktemp("tls"))
     started = threading.Event()
     loop = asyncio.new_event_loop()
 
@@ -239,7 +278,8 @@ def hostile() -> Iterator[Hostile]:
         runner = web.AppRunner(app, shutdown_timeout=0.1)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
-        server.port = runner.addresses[0][1]
+        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls).start()
+        server.port, server.tls_port = (address[1] for address in runner.addresses)
         return runner
 
     def serve() -> None:
@@ -366,3 +406,27 @@ def test_fuzz_pccs_client_against_a_hostile_pccs(
     hostile.answers = script
     args = ["--dstack-quote", str(REPORT), "--pccs", hostile.url, "--at", INSIDE, "--timeout", "5"]
     check_output(run_verify(args), VERIFY_EXITS)
+
+
+@st.composite
+def evidence_answers(draw: st.DrawFn) -> dict[str, tuple[int, dict[str, str], bytes]]:
+    listed = draw(st.dictionaries(evidence_names, st.binary(max_size=64), max_size=3))
+    sums = draw(st.just(_sha256sum(listed)) | st.binary(max_size=100))
+    script = {
+        "/evidences/sha256sum.txt": draw(answers(st.just(sums))),
+        "/evidences/quote.json": draw(answers(json_text(GETQUOTE))),
+    }
+    for name, data in listed.items():
+        path = "/evidences/" + urllib.parse.quote(name.encode("utf-8", "surrogatepass"))
+        script[path] = draw(answers(st.just(data)))
+    return script
+
+
+@fuzzed
+@given(script=evidence_answers())
+def test_fuzz_verify_evidences_against_a_hostile_https_server(
+    hostile: Hostile, script: dict[str, tuple[int, dict[str, str], bytes]]
+) -> None:
+    hostile.answers = script
+    args = ["--evidences", "https://d.test", "--connect-to", f"127.0.0.1:{hostile.tls_port}"]
+    check_output(run_verify([*args, *OFFLINE, "--timeout", "5"]), VERIFY_EXITS)
