@@ -303,3 +303,21 @@ def test_a_policy_nested_deeper_than_the_toml_parser_recurses_is_one_error_line(
     )
     assert process.returncode == 2
     assert "nest too deeply" in _one_error_line(process)
+
+
+def test_json_output_escapes_del_found_by_the_fuzz_harness(vectors: Path, tmp_path: Path) -> None:
+    """JSON leaves U+007F raw; --json output must not carry it (a policy name reaches it)."""
+    registers = "".join(f'{k} = "{"cd" * 48}"\n' for k in ("mrtd", "rtmr0", "rtmr1", "rtmr2"))
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'format = 1\n[[platform]]\nname = "x\\u007fy"\n{registers}')
+    collateral = vectors / COLLATERAL
+    args = ["--dstack-quote", str(vectors / REPORT), "--collateral", str(collateral)]
+    process = subprocess.run(
+        [*VERIFY, *args, "--at", "2026-03-20T10:41:14Z", "--policy", str(policy), "--json"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert process.returncode == 21, process.stderr
+    assert b"\x7f" not in process.stdout
+    assert "x\x7fy" in json.dumps(json.loads(process.stdout), ensure_ascii=False)

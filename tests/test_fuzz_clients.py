@@ -46,6 +46,8 @@ from tests.fuzzing import (
 
 VECTORS = Path(__file__).parent / "vectors"
 REPORT = VECTORS / "dstack-head/verifier-fixtures/quote-report.json"
+# a failing bundle's repr is large; the warning must not hide the failure it reports
+pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
 COLLATERAL = VECTORS / "dcap-qvl/sample/tdx_quote_outdated_collateral.json"
 INSIDE = "2026-03-20T10:41:14Z"
 GETQUOTE: dict[str, Any] = json.loads(REPORT.read_text())

@@ -62,12 +62,12 @@ def jsonable(value: Any) -> Any:
 
 
 def json_text(document: Mapping[str, Any]) -> str:
-    """Indented JSON whose non-ASCII controls and format characters are \\u-escaped: the same
-    values for a parser, inert for a terminal someone `cat`s it to."""
+    """Indented JSON whose DEL, non-ASCII controls and format characters are \\u-escaped: the
+    same values for a parser, inert for a terminal someone `cat`s it to."""
     text = orjson.dumps(jsonable(document), option=orjson.OPT_INDENT_2).decode()
-    if text.isascii():
+    if text.isascii() and "\x7f" not in text:  # JSON leaves DEL raw; a terminal does not
         return text
-    return "".join(c if c.isascii() or c.isprintable() else _json_escape(c) for c in text)
+    return "".join(c if c.isprintable() or c == "\n" else _json_escape(c) for c in text)
 
 
 def _json_escape(char: str) -> str:
