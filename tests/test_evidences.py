@@ -6,10 +6,11 @@ import asyncio
 import hashlib
 import io
 import json
+import os
 import shutil
 import ssl
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -31,18 +32,21 @@ from oauth3.verifier.cli import run
 from oauth3.verifier.evidences import (
     ChecksumFormatError,
     EvidencesError,
+    EvidenceSet,
     cert_file_for,
-    evidences_base,
+    evidence_steps,
     names_domain,
-    parse_connect_to,
     parse_sha256sum,
 )
+from oauth3.verifier.evidences_fetch import evidences_base, parse_connect_to
+from oauth3.verifier.verdict import StepResult
 from tests.fakes import short_socket_dir
 from tests.stack import simulator_process
 from tests.verifycli import pins_for, step, verify, verify_text
 
 DOMAIN = "evidence.test"
 CERT_FILE = f"cert-{DOMAIN}.pem"
+WILDCARD = "*.test"
 ACME = b'{"body":{"status":"valid","contact":["mailto:ops@evidence.test"]},"uri":"https://acme.invalid/acct/1"}\n'
 REPO = Path(__file__).resolve().parent.parent
 
@@ -139,6 +143,10 @@ class World:
     good: dict[str, bytes]
     quote_over_other_data: bytes
     wrong_name_files: dict[str, bytes]
+    replica_b: Identity
+    replica_b_files: dict[str, bytes]
+    wildcard: Identity
+    stale_beside_wildcard: dict[str, bytes]
 
     def check_args(self, *extra: str) -> list[str]:
         quote = bytes.fromhex(json.loads(self.good["quote.json"])["quote"])
@@ -155,11 +163,16 @@ class World:
 
 
 def _evidence_dir(directory: Path, cert_pem: bytes) -> dict[str, bytes]:
+    return _evidence_dir_with(directory, {CERT_FILE: cert_pem})
+
+
+def _evidence_dir_with(directory: Path, certificates: dict[str, bytes]) -> dict[str, bytes]:
     directory.mkdir()
     (directory / "acme-account.json").write_bytes(ACME)
-    (directory / CERT_FILE).write_bytes(cert_pem)
-    sums = sha256sum(directory, "acme-account.json", CERT_FILE)
-    return {"acme-account.json": ACME, CERT_FILE: cert_pem, "sha256sum.txt": sums}
+    for name, cert_pem in certificates.items():
+        (directory / name).write_bytes(cert_pem)
+    sums = sha256sum(directory, "acme-account.json", *certificates)
+    return {"acme-account.json": ACME, **certificates, "sha256sum.txt": sums}
 
 
 @pytest.fixture(scope="module")
@@ -180,20 +193,34 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
         good = _evidence_dir(base / "good", pem(leaf, ca))
         wrong_files = _evidence_dir(base / "wrong-name", pem(wrong, ca))
+        b_key, wildcard_key = new_key(), new_key()
+        b_leaf = issue(DOMAIN, b_key, (ca, ca_key))
+        replica_b_files = _evidence_dir(base / "replica-b", pem(b_leaf, ca))
+        wildcard_leaf = issue(WILDCARD, wildcard_key, (ca, ca_key))
+        stale = _evidence_dir_with(
+            base / "stale-beside-wildcard",
+            {CERT_FILE: pem(leaf, ca), f"cert-{WILDCARD}.pem": pem(wildcard_leaf, ca)},
+        )
 
-        async def quotes() -> tuple[bytes, bytes, bytes]:
-            over_files = hashlib.sha256(good["sha256sum.txt"]).digest()
-            over_wrong = hashlib.sha256(wrong_files["sha256sum.txt"]).digest()
-            return (
-                await _get_quote(sock, over_files),
-                await _get_quote(sock, hashlib.sha256(b"some other data").digest()),
-                await _get_quote(sock, over_wrong),
-            )
+        async def quotes() -> list[bytes]:
+            return [
+                await _get_quote(sock, hashlib.sha256(data).digest())
+                for data in (
+                    good["sha256sum.txt"],
+                    b"some other data",
+                    wrong_files["sha256sum.txt"],
+                    replica_b_files["sha256sum.txt"],
+                    stale["sha256sum.txt"],
+                )
+            ]
 
         with ThreadPoolExecutor(1) as pool:
-            good_quote, other_quote, wrong_quote = pool.submit(asyncio.run, quotes()).result()
+            quoted = pool.submit(asyncio.run, quotes()).result()
+        good_quote, other_quote, wrong_quote, b_quote, stale_quote = quoted
         good["quote.json"] = good_quote
         wrong_files["quote.json"] = wrong_quote
+        replica_b_files["quote.json"] = b_quote
+        stale["quote.json"] = stale_quote
         yield World(
             root_ca=dcap / "root-ca.der",
             collateral=dcap / "collateral.json",
@@ -205,6 +232,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             good=good,
             quote_over_other_data=other_quote,
             wrong_name_files=wrong_files,
+            replica_b=Identity(pem(b_leaf, ca), key_pem(b_key)),
+            replica_b_files=replica_b_files,
+            wildcard=Identity(pem(wildcard_leaf, ca), key_pem(wildcard_key)),
+            stale_beside_wildcard=stale,
         )
     shutil.rmtree(sock_dir, ignore_errors=True)
 
@@ -561,3 +592,222 @@ async def test_a_quote_json_that_is_no_quote_is_an_io_error(
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "quote.json from https://evidence.test/evidences/: " in err
+
+
+# ---------------------------------------------------------------- replicas behind one address
+
+
+@asynccontextmanager
+async def https_replicas(
+    replicas: list[tuple[dict[str, bytes], Identity]], tmp_path: Path, *, keep_alive: bool = True
+) -> AsyncIterator[Served]:
+    """One HTTPS address in front of several replicas, as a dstack gateway routes an app id: each
+    new connection goes to the next replica, which serves its own files and certificate."""
+    contexts = []
+    for index, (_, identity) in enumerate(replicas):
+        (tmp_path / f"chain{index}.pem").write_bytes(identity.chain)
+        (tmp_path / f"key{index}.pem").write_bytes(identity.key)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tmp_path / f"chain{index}.pem", tmp_path / f"key{index}.pem")
+        contexts.append(context)
+    served = Served(port=0)
+
+    def route(sock: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+        served.sni.append(name)
+        sock.context = contexts[(len(served.sni) - 1) % len(contexts)]
+
+    front = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    front.load_cert_chain(tmp_path / "chain0.pem", tmp_path / "key0.pem")
+    front.sni_callback = route
+
+    async def evidence(request: web.Request) -> web.Response:
+        ssl_object = request.transport.get_extra_info("ssl_object")  # type: ignore[union-attr]
+        files = replicas[contexts.index(ssl_object.context)][0]
+        body = files.get(request.match_info["name"])
+        response = web.Response(body=body) if body is not None else web.Response(status=404)
+        if not keep_alive:
+            response.force_close()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/evidences/{name}", evidence)
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=front).start()
+        served.port = runner.addresses[0][1]
+        yield served
+    finally:
+        await runner.cleanup()
+
+
+async def test_replicas_behind_one_address_verify_on_one_connection(
+    world: World, tmp_path: Path
+) -> None:
+    replicas = [(world.good, world.served), (world.replica_b_files, world.replica_b)]
+    async with https_replicas(replicas, tmp_path) as served:
+        code, doc = await verify(online(world, served))
+    assert code == 0, doc
+    assert outcomes(doc) == ALL_PASS
+    assert step(doc, "tls_certificate")["details"]["connections"] == 1
+    assert len(served.sni) == 1
+    assert doc["instance_id"] is not None
+
+
+async def test_replicas_that_close_every_connection_are_an_error_never_a_mixed_verdict(
+    world: World, tmp_path: Path
+) -> None:
+    replicas = [(world.good, world.served), (world.replica_b_files, world.replica_b)]
+    async with https_replicas(replicas, tmp_path, keep_alive=False) as served:
+        code, doc = await verify(online(world, served))
+    assert (code, doc["verdict"]) == (2, "ERROR")
+    assert "different certificates" in doc["error"]
+
+
+async def test_one_replica_closing_connections_still_verifies(world: World, tmp_path: Path) -> None:
+    async with https_replicas([(world.good, world.served)], tmp_path, keep_alive=False) as served:
+        code, doc = await verify(online(world, served))
+    assert code == 0, doc
+    assert step(doc, "tls_certificate")["details"]["connections"] > 1
+
+
+async def test_a_stale_exact_certificate_beside_the_served_wildcard_is_no_refusal(
+    world: World, tmp_path: Path
+) -> None:
+    async with https_evidences(world.stale_beside_wildcard, world.wildcard, tmp_path) as served:
+        code, doc = await verify(online(world, served))
+    assert code == 0, doc
+    details = step(doc, "tls_certificate")["details"]
+    assert (details["certificate_file"], details["match"]) == (f"cert-{WILDCARD}.pem", "leaf")
+
+
+async def test_the_report_names_the_instance_id(world: World, tmp_path: Path) -> None:
+    async with https_evidences(world.good, world.served, tmp_path) as served:
+        _, text = await verify_text(online(world, served))
+        _, doc = await verify(online(world, served))
+    assert len(doc["instance_id"]) == 40
+    assert f"instance_id   {doc['instance_id']}" in text
+
+
+# ---------------------------------------------------------------- hostile saved directories
+
+
+def _saved_with(world: World, directory: Path, name: str, make: Callable[[Path], None]) -> Path:
+    saved = _save({k: v for k, v in world.good.items() if k != name}, directory)
+    make(saved / name)
+    return saved
+
+
+@pytest.mark.parametrize("name", ["sha256sum.txt", "quote.json"])
+async def test_a_saved_required_file_that_is_a_fifo_is_refused_without_hanging(
+    world: World, tmp_path: Path, name: str
+) -> None:
+    saved = _saved_with(world, tmp_path / "saved", name, os.mkfifo)
+    code, doc = await asyncio.wait_for(verify(world.check_args("--evidences-dir", str(saved))), 30)
+    assert (code, doc["verdict"]) == (2, "ERROR")
+    assert "not a regular file" in doc["error"]
+
+
+async def test_a_saved_listed_file_that_is_a_fifo_fails_files_without_hanging(
+    world: World, tmp_path: Path
+) -> None:
+    saved = _saved_with(world, tmp_path / "saved", "acme-account.json", os.mkfifo)
+    code, doc = await asyncio.wait_for(verify(world.check_args("--evidences-dir", str(saved))), 30)
+    assert code == 18, doc
+    assert "not a regular file" in step(doc, "evidence_files")["reason"]
+
+
+async def test_a_saved_file_that_is_a_symlink_is_not_followed(world: World, tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere.pem"
+    target.write_bytes(world.good[CERT_FILE])
+    saved = _saved_with(world, tmp_path / "saved", CERT_FILE, lambda p: p.symlink_to(target))
+    code, doc = await verify(world.check_args("--evidences-dir", str(saved), "--domain", DOMAIN))
+    assert code == 18, doc
+    assert "symbolic link" in step(doc, "evidence_files")["reason"]
+
+
+async def test_a_huge_saved_file_is_read_no_further_than_the_cap(
+    world: World, tmp_path: Path
+) -> None:
+    def huge(path: Path) -> None:
+        with path.open("wb") as handle:
+            handle.truncate(1 << 40)  # sparse: a terabyte that takes no disk
+
+    saved = _saved_with(world, tmp_path / "saved", "acme-account.json", huge)
+    code, doc = await verify(world.check_args("--evidences-dir", str(saved)))
+    assert code == 18, doc
+    assert "exceeds" in step(doc, "evidence_files")["reason"]
+    saved = _saved_with(world, tmp_path / "saved2", "quote.json", huge)
+    code, doc = await verify(world.check_args("--evidences-dir", str(saved)))
+    assert (code, doc["verdict"]) == (2, "ERROR")
+
+
+# ---------------------------------------------------------------- crafted certificates
+
+
+def _served(listed: dict[str, bytes], served_der: bytes) -> EvidenceSet:
+    return EvidenceSet(
+        source="crafted",
+        domain=DOMAIN,
+        files={**listed, "sha256sum.txt": _sums(listed)},
+        unreadable={},
+        served_leaf=served_der,
+    )
+
+
+def _sums(files: dict[str, bytes]) -> bytes:
+    return "".join(f"{hashlib.sha256(d).hexdigest()}  {n}\n" for n, d in files.items()).encode()
+
+
+def check_tls(evidences: EvidenceSet) -> StepResult:
+    """The tls_certificate step as the verifier runs it (guarded: any exception fails it)."""
+    return evidence_steps(evidences, None, None)[2]
+
+
+def _der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def test_crafted_wildcards_cover_one_label_only() -> None:
+    key = new_key()
+    for pattern, covers in (("*.test", True), ("*.evidence.test", False), ("e*.test", False)):
+        cert = issue(pattern, key)
+        result = check_tls(_served({f"cert-{pattern}.pem": pem(cert)}, _der(cert)))
+        assert (result.ok is True) is covers, (pattern, result.reason)
+    deep = issue("*.test", key)
+    assert not names_domain(deep, "a.evidence.test")
+    assert names_domain(issue("EVIDENCE.TEST.", key), DOMAIN)
+
+
+def test_a_reissued_leaf_naming_another_domain_is_refused_though_its_key_matches() -> None:
+    key = new_key()
+    quoted, served = issue(DOMAIN, key), issue("other.test", key)
+    result = check_tls(_served({CERT_FILE: pem(quoted)}, _der(served)))
+    assert result.ok is False
+    assert "does not name" in result.reason
+
+
+def test_a_served_chain_is_judged_by_its_leaf_and_a_quoted_chain_by_its_first() -> None:
+    ca_key, key = new_key(), new_key()
+    ca = issue("crafted CA", ca_key, ca=True)
+    leaf = issue(DOMAIN, key, (ca, ca_key))
+    assert check_tls(_served({CERT_FILE: pem(leaf, ca)}, _der(leaf))).ok is True
+    reversed_chain = check_tls(_served({CERT_FILE: pem(ca, leaf)}, _der(leaf)))
+    assert reversed_chain.ok is False
+
+
+@pytest.mark.parametrize(
+    ("listed", "served"),
+    [
+        ({CERT_FILE: b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"}, None),
+        ({CERT_FILE: b"no pem at all"}, None),
+        ({}, b"\x30\x03\x02\x01\x00"),
+    ],
+)
+def test_malformed_certificates_fail_the_step_never_the_program(
+    listed: dict[str, bytes], served: bytes | None
+) -> None:
+    leaf = issue(DOMAIN, new_key())
+    listed = listed or {CERT_FILE: pem(leaf)}
+    result = check_tls(_served(listed, served if served is not None else _der(leaf)))
+    assert result.ok is False

@@ -39,11 +39,13 @@ from .report_data import (
     report_data_for,
 )
 from .rtmr3 import BootRecord, read_boot_record
+from .strict_json import MAX_DEPTH, StrictJSONError, exact, parse_strict_json
 
 __all__ = [
     "LAYOUT",
     "LAYOUTS",
     "LAYOUT_V2",
+    "MAX_DEPTH",
     "RUNTIME_EVENT_TYPE",
     "AttestationError",
     "BootRecord",
@@ -58,6 +60,7 @@ __all__ = [
     "Replay",
     "ReportDataError",
     "SignatureData",
+    "StrictJSONError",
     "TdReport",
     "app_id_without_kms",
     "compare_with_quote",
@@ -66,6 +69,7 @@ __all__ = [
     "dump_event_log",
     "event_objects",
     "evidence_from_document",
+    "exact",
     "info_digest",
     "load_evidence",
     "measured_digest",
@@ -74,6 +78,7 @@ __all__ = [
     "parse_event_log",
     "parse_nonce",
     "parse_quote",
+    "parse_strict_json",
     "read_boot_record",
     "read_report_data",
     "replay_rtmrs",

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from .errors import EventLogError
+from .strict_json import StrictJSONError, parse_strict_json
 
 RUNTIME_EVENT_TYPE = 0x08000001
 RTMR_SIZE = 48
@@ -162,8 +163,8 @@ def parse_event_list(items: object) -> list[Event]:
 def parse_event_log(text: str | bytes) -> list[Event]:
     """Parse the guest agent's `event_log` string (a JSON array inside a string)."""
     try:
-        items = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
+        items = parse_strict_json(text)
+    except StrictJSONError as exc:
         raise EventLogError(f"event log is not valid JSON: {exc}") from None
     return parse_event_list(items)
 

@@ -7,9 +7,8 @@ import binascii
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from .errors import EvidenceError
+from .strict_json import StrictJSONError, parse_strict_json
 
 RAW_QUOTE_PREFIXES = (b"\x04\x00", b"\x05\x00")
 
@@ -90,8 +89,8 @@ def load_evidence(data: bytes) -> Evidence:
         raise EvidenceError("input is neither a binary TDX quote nor UTF-8 text") from None
     if text.startswith("{"):
         try:
-            doc = orjson.loads(text)
-        except orjson.JSONDecodeError as exc:
+            doc = parse_strict_json(text)
+        except StrictJSONError as exc:
             raise EvidenceError(f"input looks like JSON but does not parse: {exc}") from None
         if not isinstance(doc, dict):
             raise EvidenceError("JSON input must be an object")

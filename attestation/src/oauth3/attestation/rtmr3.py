@@ -9,12 +9,12 @@ stand for an OS fact. OS 0.3.x has no system-ready marker and is refused.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .errors import EventLogError
 from .eventlog import BOOT_DONE_EVENT, RUNTIME_EVENT_TYPE, Event
+from .strict_json import StrictJSONError, parse_strict_json
 
 APP_RTMR = 3
 # Every event the dstack OS measures into RTMR3 before system-ready, in the order it emits them,
@@ -141,8 +141,8 @@ def _check_payload(index: int, event: Event) -> None:
         )
     if event.event == "key-provider":
         try:
-            document = json.loads(event.event_payload)
-        except (UnicodeDecodeError, ValueError):
+            document = parse_strict_json(event.event_payload)
+        except StrictJSONError:
             document = None
         if not isinstance(document, dict) or not isinstance(document.get("name"), str):
             raise EventLogError(f"{_where(index, event)} is not a key-provider JSON object")

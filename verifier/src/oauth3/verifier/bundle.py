@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from oauth3.attestation import AttestationError, parse_strict_json
+
 from .files import write_atomically
 from .steps import Evidence
 from .verdict import rfc3339
@@ -105,9 +107,9 @@ def parse_time(text: str) -> int:
 def load_bundle(data: bytes) -> Bundle:
     """Parse a bundle written by `save_bundle` (v1 or v2); BundleError names what is wrong."""
     try:
-        doc = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise BundleError(f"bundle is not JSON: {exc}") from None
+        doc = parse_strict_json(data)
+    except AttestationError as exc:
+        raise BundleError(f"bundle is not strict JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise BundleError("bundle must be a JSON object")
     if doc.get("format") not in READABLE_FORMATS:

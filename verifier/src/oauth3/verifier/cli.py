@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 from oauth3.attestation import AttestationError, load_evidence, parse_nonce
 from oauth3.attestation.tcb import TCB_STATUSES
 
-from . import evidences
+from . import evidences, evidences_fetch
 from .bundle import LATEST_TIME, Bundle, BundleError, load_bundle, parse_time, save_bundle
 from .collateral import DEFAULT_PCCS_URL, CollateralError, load_collateral
-from .commandline import OneLineParser
+from .commandline import InputTooLarge, OneLineParser, read_input_bytes
 from .fetch import CollateralSource, FetchError, verify_bundle, verify_evidence, verify_url
 from .files import write_atomically
-from .http import DEFAULT_TIMEOUT
+from .http_client import DEFAULT_TIMEOUT
 from .observed import observed_policy_text, written_note
 from .output import json_text, printable, render
 from .policy import (
@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from _typeshed import SupportsWrite
 
 PROG = "oauth3-verify"
+INTERNAL_ERROR = "internal error (a bug: please report it with the input)"
 PLATFORM_FLAGS = {
     "mrtd": "--expect-mrtd",
     "rtmr0": "--expect-rtmr0",
@@ -221,11 +222,11 @@ def _parser(*, json_mode: bool = False) -> _Parser:
 
 
 def read_input(path: str) -> bytes:
-    """A file's bytes (stdin for `-`); unreadable is a one-line usage error."""
+    """A file's bytes (stdin for `-`), at most 64 MiB; otherwise a one-line usage error."""
     try:
-        return sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
-    except OSError as exc:
-        _usage(f"cannot read {path}: {exc.strerror or exc}")
+        return read_input_bytes(path)
+    except (OSError, InputTooLarge) as exc:
+        _usage(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}")
 
 
 def _hex_arg(text: str, option: str, size: int) -> bytes:
@@ -438,19 +439,14 @@ def _run(argv: list[str] | None, out: TextIO, as_json: bool) -> int:
 def _run_evidences(
     args: argparse.Namespace, options: VerifyOptions, source: CollateralSource
 ) -> tuple[Verdict, str, list[str]]:
-    if args.evidences is not None:
-        connect_to = evidences.parse_connect_to(args.connect_to) if args.connect_to else None
-        if args.tls_ca is not None and not Path(args.tls_ca).is_file():
-            _usage(f"cannot read {args.tls_ca}: no such file")
-        fetching = evidences.fetch_evidences(
-            args.evidences,
-            connect_to=connect_to,
-            ca_file=args.tls_ca,
-            request_timeout=args.timeout,
-        )
-        found = asyncio.run(fetching)
-    else:
-        found = evidences.read_evidences_dir(Path(args.evidences_dir), args.domain)
+    found = evidences_fetch.obtain_evidences(
+        args.evidences,
+        args.evidences_dir,
+        domain=args.domain,
+        connect_to=args.connect_to,
+        ca_file=args.tls_ca,
+        request_timeout=args.timeout,
+    )
     checking = evidences.verify_evidences(found, options, source, request_timeout=args.timeout)
     verdict = asyncio.run(checking)
     return verdict, f"evidences {found.source} for {found.domain}", evidences.notes(found)
@@ -465,8 +461,8 @@ def _error(message: str, as_json: bool, out: TextIO) -> int:
 
 
 def run(argv: list[str] | None = None, out: TextIO | None = None) -> int:
-    """Run the command and return its exit code (usage, I/O and network errors: 2, one line on
-    stderr, and with --json also a JSON object with verdict ERROR on stdout)."""
+    """Run the command and return its exit code (usage, I/O, network errors and any fault of its
+    own: 2, one line on stderr, and under --json an object with verdict ERROR on stdout)."""
     stream = out if out is not None else sys.stdout
     as_json = "--json" in (argv if argv is not None else sys.argv[1:])
     try:
@@ -487,6 +483,8 @@ def run(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         return _error(str(exc), as_json, stream)
     except OSError as exc:
         return _error(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), as_json, stream)
+    except Exception as exc:
+        return _error(f"{INTERNAL_ERROR}: {type(exc).__name__}: {exc}", as_json, stream)
 
 
 def main(argv: list[str] | None = None) -> None:

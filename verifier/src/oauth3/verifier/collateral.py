@@ -12,7 +12,9 @@ import dcap_qvl
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from .http import BodyTooLarge, read_body
+from oauth3.attestation import AttestationError, parse_strict_json
+
+from .http_client import Answer, HttpFailure, get_capped
 
 # a fact from dcap-qvl and the reference: Phala's public PCCS, the verifier's default
 DEFAULT_PCCS_URL = "https://pccs.phala.network"
@@ -48,10 +50,12 @@ def collateral_window(collateral: dcap_qvl.QuoteCollateralV3) -> dict[str, Any]:
     """Issue/next-update dates of TCB info, QE identity and both CRLs, and the window they share."""
     spans: dict[str, tuple[datetime, datetime]] = {}
     for name, text in (("tcb_info", collateral.tcb_info), ("qe_identity", collateral.qe_identity)):
-        doc = json.loads(text)
-        spans[name] = (_parse_time(doc["issueDate"]), _parse_time(doc["nextUpdate"]))
+        spans[name] = _document_span(name, text)
     for name, der in (("root_ca_crl", collateral.root_ca_crl), ("pck_crl", collateral.pck_crl)):
-        crl = x509.load_der_x509_crl(bytes(der))
+        try:
+            crl = x509.load_der_x509_crl(bytes(der))
+        except ValueError:
+            raise CollateralError(f"{name} is not a DER CRL") from None
         if crl.next_update_utc is None:
             raise CollateralError(f"{name} has no nextUpdate")
         spans[name] = (crl.last_update_utc, crl.next_update_utc)
@@ -63,6 +67,17 @@ def collateral_window(collateral: dcap_qvl.QuoteCollateralV3) -> dict[str, Any]:
     return window
 
 
+def _document_span(name: str, text: str) -> tuple[datetime, datetime]:
+    try:
+        doc = parse_strict_json(text)
+        span = (_parse_time(doc["issueDate"]), _parse_time(doc["nextUpdate"]))
+    except (AttestationError, KeyError, TypeError, ValueError, AttributeError):
+        raise CollateralError(f"{name} has no readable issueDate and nextUpdate") from None
+    if span[0].tzinfo is None or span[1].tzinfo is None:
+        raise CollateralError(f"{name} dates carry no timezone")
+    return span
+
+
 def _base_url(pccs_url: str) -> str:
     base = pccs_url.rstrip("/")
     for suffix in CERTIFICATION_PATHS:
@@ -70,38 +85,48 @@ def _base_url(pccs_url: str) -> str:
     return base
 
 
-def _header(response: aiohttp.ClientResponse, names: tuple[str, ...], url: str) -> str:
+def _chain_header(answer: Answer, names: tuple[str, ...]) -> str:
+    """An issuer-chain header: URL-encoded PEM certificates, checked to be exactly that."""
     for name in names:
-        value = response.headers.get(name)
+        value = answer.headers.get(name)
         if value is not None:
-            return urllib.parse.unquote(value)
-    raise CollateralError(f"PCCS response from {url} lacks the {names[0]} header")
+            chain = urllib.parse.unquote(value, errors="strict")
+            try:
+                if x509.load_pem_x509_certificates(chain.encode()):
+                    return chain
+            except (ValueError, UnicodeError):
+                pass
+            raise CollateralError(
+                f"PCCS {name} header from {answer.url} is no PEM certificate chain"
+            )
+    raise CollateralError(f"PCCS response from {answer.url} lacks the {names[0]} header")
 
 
-async def _get(session: aiohttp.ClientSession, url: str) -> tuple[aiohttp.ClientResponse, bytes]:
+async def _get(session: aiohttp.ClientSession, url: str) -> Answer:
     try:
-        async with session.get(url) as response:
-            body = await read_body(response, MAX_BODY)
-            if response.status != 200:
-                raise CollateralError(f"PCCS answered HTTP {response.status} for {url}")
-            return response, body
-    except BodyTooLarge as exc:
-        raise CollateralError(f"PCCS response from {url} {exc}") from None
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise CollateralError(f"cannot fetch {url}: {type(exc).__name__} {exc}".strip()) from None
+        answer = await get_capped(session, url, MAX_BODY)
+    except HttpFailure as exc:
+        raise CollateralError(f"cannot fetch collateral from the PCCS: {exc}") from None
+    if answer.status != 200:
+        raise CollateralError(f"PCCS answered HTTP {answer.status} for {answer.url}")
+    return answer
 
 
 def _crl_der(body: bytes, what: str) -> bytes:
-    """A CRL as DER, whether the PCCS sent DER, PEM or hex text (PCCS root CA CRLs are hex)."""
-    if body[:1] == b"\x30":  # DER is binary: its last bytes may well look like whitespace
-        return bytes(body)
-    stripped = body.strip()
-    if stripped.startswith(b"-----BEGIN"):
-        return x509.load_pem_x509_crl(stripped).public_bytes(Encoding.DER)
+    """A CRL as DER, whether the PCCS sent DER, PEM or hex text (PCCS root CA CRLs are hex);
+    CollateralError unless the bytes are one well-formed X.509 CRL in one of those encodings."""
     try:
-        return bytes.fromhex(stripped.decode("ascii"))
+        if body[:1] == b"\x30":  # DER is binary: its last bytes may well look like whitespace
+            der = bytes(body)
+        elif body.strip().startswith(b"-----BEGIN"):
+            der = x509.load_pem_x509_crl(body.strip()).public_bytes(Encoding.DER)
+        else:
+            der = bytes.fromhex(body.strip().decode("ascii"))
+        if x509.load_der_x509_crl(der).public_bytes(Encoding.DER) != der:
+            raise ValueError("not DER")
     except (UnicodeDecodeError, ValueError):
-        raise CollateralError(f"{what} is neither DER, PEM nor hex") from None
+        raise CollateralError(f"{what} from the PCCS is no X.509 CRL in DER, PEM or hex") from None
+    return der
 
 
 def _raw_member(text: str, key: str) -> str:
@@ -135,11 +160,23 @@ def _skip(text: str, index: int) -> int:
 def _signed_document(body: bytes, member: str, url: str) -> tuple[str, bytes]:
     try:
         text = body.decode("utf-8")
+        signature = parse_strict_json(text)["signature"]
         signed = _raw_member(text, member)
-        signature = json.loads(text)["signature"]
+        parse_strict_json(signed)
         return signed, bytes.fromhex(signature)
     except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
         raise CollateralError(f"PCCS response from {url} is not a signed {member}: {exc}") from None
+
+
+def quote_is_readable(raw_quote: bytes) -> bool:
+    """Whether dcap-qvl can read the FMSPC and CA a PCCS request needs from this quote."""
+    try:
+        parsed = dcap_qvl.parse_quote(raw_quote)
+        parsed.fmspc()
+        parsed.ca()
+    except Exception:  # dcap-qvl raises ValueError or its own types on a quote it cannot read
+        return False
+    return True
 
 
 async def fetch_collateral(
@@ -157,23 +194,24 @@ async def fetch_collateral(
     sgx = f"{base}/sgx/certification/v4"
     tee_base = f"{base}/{tee}/certification/v4"
 
-    url = f"{sgx}/pckcrl?{urllib.parse.urlencode({'ca': ca, 'encoding': 'der'})}"
-    response, body = await _get(session, url)
-    pck_crl_issuer_chain = _header(response, PCK_CRL_CHAIN_HEADERS, url)
-    pck_crl = _crl_der(body, "PCK CRL")
+    answer = await _get(
+        session, f"{sgx}/pckcrl?{urllib.parse.urlencode({'ca': ca, 'encoding': 'der'})}"
+    )
+    pck_crl_issuer_chain = _chain_header(answer, PCK_CRL_CHAIN_HEADERS)
+    pck_crl = _crl_der(answer.body, "PCK CRL")
 
-    url = f"{tee_base}/tcb?{urllib.parse.urlencode({'fmspc': fmspc})}"
-    response, body = await _get(session, url)
-    tcb_info_issuer_chain = _header(response, TCB_INFO_CHAIN_HEADERS, url)
-    tcb_info, tcb_info_signature = _signed_document(body, "tcbInfo", url)
+    answer = await _get(session, f"{tee_base}/tcb?{urllib.parse.urlencode({'fmspc': fmspc})}")
+    tcb_info_issuer_chain = _chain_header(answer, TCB_INFO_CHAIN_HEADERS)
+    tcb_info, tcb_info_signature = _signed_document(answer.body, "tcbInfo", str(answer.url))
 
-    url = f"{tee_base}/qe/identity?update=standard"
-    response, body = await _get(session, url)
-    qe_identity_issuer_chain = _header(response, QE_IDENTITY_CHAIN_HEADERS, url)
-    qe_identity, qe_identity_signature = _signed_document(body, "enclaveIdentity", url)
+    answer = await _get(session, f"{tee_base}/qe/identity?update=standard")
+    qe_identity_issuer_chain = _chain_header(answer, QE_IDENTITY_CHAIN_HEADERS)
+    qe_identity, qe_identity_signature = _signed_document(
+        answer.body, "enclaveIdentity", str(answer.url)
+    )
 
-    _, body = await _get(session, f"{sgx}/rootcacrl")
-    root_ca_crl = _crl_der(body, "root CA CRL")
+    answer = await _get(session, f"{sgx}/rootcacrl")
+    root_ca_crl = _crl_der(answer.body, "root CA CRL")
 
     return dcap_qvl.QuoteCollateralV3(
         pck_crl_issuer_chain,

@@ -9,7 +9,10 @@ import argparse
 import sys
 from typing import NoReturn
 
+from .output import printable
+
 USAGE_ERROR = 2
+MAX_INPUT = 64 << 20  # every input these tools read is kilobytes; /dev/zero is not one
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -21,17 +24,33 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def fail(message: str, code: int = USAGE_ERROR) -> NoReturn:
-    """Print one line on stderr and exit with `code`."""
-    sys.stderr.write(message.rstrip("\n") + "\n")
+    """Print one line on stderr, every character that is not printable escaped, and exit with
+    `code`."""
+    sys.stderr.write(printable(" ".join(message.split())) + "\n")
     raise SystemExit(code)
 
 
-def read_input(path: str) -> bytes:
-    """Read a file's bytes, or stdin's for `-`; an unreadable file is a one-line exit 2."""
-    try:
-        if path == "-":
-            return sys.stdin.buffer.read()
+class InputTooLarge(Exception):
+    """An input file or standard input holds more than MAX_INPUT bytes."""
+
+
+def read_input_bytes(path: str) -> bytes:
+    """A file's bytes, or stdin's for `-`; OSError when unreadable, InputTooLarge past
+    MAX_INPUT bytes (a FIFO such as `<(cmd)` is read, since the user named it)."""
+    if path == "-":
+        data = sys.stdin.buffer.read(MAX_INPUT + 1)
+    else:
         with open(path, "rb") as handle:
-            return handle.read()
-    except OSError as exc:
-        fail(f"cannot read {path}: {exc.strerror or exc}")
+            data = handle.read(MAX_INPUT + 1)
+    if len(data) > MAX_INPUT:
+        raise InputTooLarge(f"larger than {MAX_INPUT} bytes")
+    return data
+
+
+def read_input(path: str) -> bytes:
+    """Read a file's bytes, or stdin's for `-`; an unreadable file, or one over MAX_INPUT bytes,
+    is a one-line exit 2."""
+    try:
+        return read_input_bytes(path)
+    except (OSError, InputTooLarge) as exc:
+        fail(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}")

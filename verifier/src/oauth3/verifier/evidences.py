@@ -8,29 +8,23 @@ here prove the files are what it quoted and that the domain serves the quoted ce
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import errno
 import hashlib
 import re
-import socket
-import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from yarl import URL
 
 from oauth3.attestation import AttestationError, load_evidence
 
-from .fetch import CollateralSource, FetchError, verify_evidence
-from .files import FileTooLarge, read_capped
-from .http import DEFAULT_TIMEOUT, BodyTooLarge, read_body
+from .fetch import CollateralSource, verify_evidence
+from .files import FileTooLarge, read_regular_file
+from .http_client import DEFAULT_TIMEOUT
 from .steps import Evidence, VerifyOptions, fail, guarded
 from .verdict import EvidenceStep, Outcome, StepResult, Verdict
 
@@ -64,6 +58,7 @@ class EvidenceSet:
     served_leaf: bytes | None = None
     chain_verified: bool = False
     connected_to: str | None = None
+    connections: int = 1
 
 
 def parse_sha256sum(data: bytes) -> list[tuple[str, bytes]]:
@@ -105,14 +100,20 @@ def listed_names(files: Mapping[str, bytes]) -> list[str]:
         return []
 
 
-def cert_file_for(domain: str, names: Sequence[str]) -> str | None:
-    """The listed certificate file for `domain`: `cert-<domain>.pem`, a wildcard's
-    `cert-*.<parent>.pem`, or the first dstack-ingress version's single `cert.pem`."""
+def cert_files_for(domain: str, names: Sequence[str]) -> list[str]:
+    """The listed certificate files that may serve `domain`, in order of preference:
+    `cert-<domain>.pem`, a wildcard's `cert-*.<parent>.pem`, the first dstack-ingress
+    version's single `cert.pem`."""
     candidates = [f"cert-{domain}.pem"]
     if "." in domain:
         candidates.append(f"cert-*.{domain.split('.', 1)[1]}.pem")
     candidates.append(LEGACY_CERT)
-    return next((c for c in candidates if c in names), None)
+    return [c for c in candidates if c in names]
+
+
+def cert_file_for(domain: str, names: Sequence[str]) -> str | None:
+    """The preferred listed certificate file for `domain` (see cert_files_for), or None."""
+    return next(iter(cert_files_for(domain, names)), None)
 
 
 def domain_of_dir(directory: Path) -> str:
@@ -124,6 +125,12 @@ def domain_of_dir(directory: Path) -> str:
     return found[0].removeprefix("cert-").removesuffix(".pem")
 
 
+def _why(exc: OSError | FileTooLarge) -> str:
+    if isinstance(exc, OSError) and exc.errno == errno.ELOOP:
+        return "a symbolic link (saved evidences are plain files)"
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+
+
 def read_evidences_dir(directory: Path, domain: str | None) -> EvidenceSet:
     """Read saved evidences: sha256sum.txt, quote.json and every file sha256sum.txt lists.
     Raises EvidencesError (or OSError) when sha256sum.txt or quote.json cannot be read."""
@@ -133,165 +140,20 @@ def read_evidences_dir(directory: Path, domain: str | None) -> EvidenceSet:
     files: dict[str, bytes] = {}
     for required in (SHA256SUM, QUOTE_JSON):
         try:
-            files[required] = read_capped(directory / required, MAX_FILE)
+            files[required] = read_regular_file(directory / required, MAX_FILE)
         except FileNotFoundError:
             raise EvidencesError(f"{directory} has no {required}") from None
         except FileTooLarge as exc:
             raise EvidencesError(str(exc)) from None
+        except OSError as exc:
+            raise EvidencesError(f"{directory / required}: {_why(exc)}") from None
     unreadable: dict[str, str] = {}
     for listed in listed_names(files):
         try:
-            files[listed] = read_capped(directory / listed, MAX_FILE)
+            files[listed] = read_regular_file(directory / listed, MAX_FILE)
         except (OSError, FileTooLarge) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            unreadable[listed] = reason
+            unreadable[listed] = _why(exc)
     return EvidenceSet(source=str(directory), domain=name, files=files, unreadable=unreadable)
-
-
-def parse_connect_to(text: str) -> tuple[str, int]:
-    """`HOST:PORT` (IPv6 as `[addr]:PORT`) -> (host, port); EvidencesError otherwise."""
-    host, sep, port_text = text.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise EvidencesError(f"--connect-to {text!r} is not HOST:PORT")
-    return host, int(port_text)
-
-
-def evidences_base(url: str) -> URL:
-    """`https://DOMAIN[:PORT][/path]` -> the URL of its evidence folder (default `/evidences/`)."""
-    parsed = URL(url)
-    if parsed.scheme != "https" or not parsed.host:
-        raise EvidencesError(f"--evidences {url!r}: an https:// URL with a host is required")
-    path = parsed.path if parsed.path not in ("", "/") else "/evidences/"
-    return parsed.with_path(path.rstrip("/") + "/").with_query(None).with_fragment(None)
-
-
-class _ConnectTo(AbstractResolver):
-    """Resolve one domain to a fixed HOST:PORT (like curl --connect-to); SNI and Host stay."""
-
-    def __init__(self, domain: str, host: str, port: int) -> None:
-        self._domain = domain
-        self._host = host
-        self._port = port
-        self._inner = aiohttp.ThreadedResolver()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        """Addresses of `host`; the overridden domain's are those of HOST:PORT."""
-        if host != self._domain:
-            return await self._inner.resolve(host, port, family)
-        found = await self._inner.resolve(self._host, self._port, family)
-        return [
-            ResolveResult(
-                hostname=host,
-                host=r["host"],
-                port=r["port"],
-                family=r["family"],
-                proto=r["proto"],
-                flags=r["flags"],
-            )
-            for r in found
-        ]
-
-    async def close(self) -> None:
-        """Release the inner resolver."""
-        await self._inner.close()
-
-
-def fetch_context(ca_file: str | None) -> ssl.SSLContext:
-    """TLS for the fetch: verify chain and name against `ca_file`, or (default) verify nothing;
-    the files are authenticated by the quote and the served leaf is checked by its own step."""
-    if ca_file is not None:
-        return ssl.create_default_context(cafile=ca_file)
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-async def served_leaf(
-    domain: str, address: tuple[str, int], context: ssl.SSLContext, request_timeout: float
-) -> bytes:
-    """The DER leaf certificate `address` presents in a TLS handshake for SNI `domain`."""
-    where = f"TLS handshake with {domain} at {address[0]}:{address[1]}"
-    try:
-        async with asyncio.timeout(request_timeout):
-            _, writer = await asyncio.open_connection(*address, ssl=context, server_hostname=domain)
-    except (OSError, TimeoutError) as exc:
-        raise FetchError(f"{where}: {type(exc).__name__} {exc}".rstrip()) from None
-    try:
-        ssl_object = writer.get_extra_info("ssl_object")
-        leaf = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError, TimeoutError):
-            async with asyncio.timeout(request_timeout):
-                await writer.wait_closed()
-    if not leaf:
-        raise FetchError(f"{where}: no certificate presented")
-    return bytes(leaf)
-
-
-async def _get_file(session: aiohttp.ClientSession, url: URL) -> tuple[bytes | None, str]:
-    """Body of a 200 answer, or None and why."""
-    try:
-        async with session.get(url, allow_redirects=False) as response:
-            if response.status != 200:
-                return None, f"HTTP {response.status}"
-            body = await read_body(response, MAX_FILE)
-    except BodyTooLarge:
-        return None, f"larger than {MAX_FILE} bytes"
-    except (aiohttp.ClientError, TimeoutError, ssl.SSLError) as exc:
-        raise FetchError(f"GET {url}: {type(exc).__name__} {exc}".rstrip()) from None
-    return body, ""
-
-
-async def fetch_evidences(
-    url: str,
-    *,
-    connect_to: tuple[str, int] | None = None,
-    ca_file: str | None = None,
-    request_timeout: float = DEFAULT_TIMEOUT,
-) -> EvidenceSet:
-    """GET sha256sum.txt, quote.json and every listed file from `url`'s evidence folder, then
-    take the leaf certificate of a TLS handshake with the domain (at `connect_to` if given).
-    Raises FetchError or EvidencesError (exit code 2)."""
-    base = evidences_base(url)
-    domain = base.host or ""
-    address = connect_to if connect_to is not None else (domain, base.port or 443)
-    context = fetch_context(ca_file)
-    resolver = _ConnectTo(domain, *connect_to) if connect_to is not None else None
-    connector = aiohttp.TCPConnector(ssl=context, resolver=resolver)
-    timeout = aiohttp.ClientTimeout(total=request_timeout)
-    files: dict[str, bytes] = {}
-    unreadable: dict[str, str] = {}
-    try:
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            for required in (SHA256SUM, QUOTE_JSON):
-                body, why = await _get_file(session, base / required)
-                if body is None:
-                    raise FetchError(f"GET {base / required}: {why}")
-                files[required] = body
-            for name in listed_names(files):
-                body, why = await _get_file(session, base / name)
-                if body is None:
-                    unreadable[name] = why
-                else:
-                    files[name] = body
-    finally:
-        if resolver is not None:
-            await resolver.close()
-    leaf = await served_leaf(domain, address, context, request_timeout)
-    return EvidenceSet(
-        source=str(base),
-        domain=domain,
-        files=files,
-        unreadable=unreadable,
-        served_leaf=leaf,
-        chain_verified=ca_file is not None,
-        connected_to=f"{connect_to[0]}:{connect_to[1]}" if connect_to is not None else None,
-    )
 
 
 def check_files(evidences: EvidenceSet) -> StepResult:
@@ -385,9 +247,26 @@ def _utc(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _quoted_match(
+    served: x509.Certificate, names: list[str], files: Mapping[str, bytes]
+) -> tuple[str, x509.Certificate, str] | None:
+    """The listed certificate file whose leaf the server presented (`leaf`), else the first
+    whose leaf has the served public key (`public_key`, a re-issue); None if neither. Every
+    candidate counts, so a stale `cert-<domain>.pem` beside the current wildcard one is no
+    false refusal."""
+    by_key: tuple[str, x509.Certificate, str] | None = None
+    for name in names:
+        quoted = x509.load_pem_x509_certificates(files[name])[0]
+        if served.public_bytes(Encoding.DER) == quoted.public_bytes(Encoding.DER):
+            return name, quoted, "leaf"
+        if by_key is None and _spki(served) == _spki(quoted):
+            by_key = (name, quoted, "public_key")
+    return by_key
+
+
 def check_tls(evidences: EvidenceSet) -> StepResult:
-    """The leaf the domain served equals cert-<domain>.pem's first certificate (or, reported as
-    the weaker match, has its public key) and names the domain."""
+    """The leaf the domain served equals the first certificate of a listed cert file for the
+    domain (or, reported as the weaker match, has its public key) and names the domain."""
     if evidences.served_leaf is None:
         return StepResult(
             EvidenceStep.TLS_CERTIFICATE,
@@ -395,50 +274,51 @@ def check_tls(evidences: EvidenceSet) -> StepResult:
             f"NOT CHECKED: saved evidences, no TLS handshake with {evidences.domain}",
             {"domain": evidences.domain},
         )
-    cert_name = cert_file_for(evidences.domain, listed_names(evidences.files))
+    names = [
+        n
+        for n in cert_files_for(evidences.domain, listed_names(evidences.files))
+        if n in evidences.files
+    ]
     details: dict[str, Any] = {
         "domain": evidences.domain,
-        "certificate_file": cert_name,
+        "certificate_files": names,
         "chain_verified": evidences.chain_verified,
         "connected_to": evidences.connected_to,
+        "connections": evidences.connections,
     }
-    if cert_name is None or cert_name not in evidences.files:
+    if not names:
         raise fail(f"no listed certificate file for {evidences.domain}", details)
-    quoted = x509.load_pem_x509_certificates(evidences.files[cert_name])[0]
-    details["quoted_leaf_sha256"] = _fingerprint(quoted)
     served = x509.load_der_x509_certificate(evidences.served_leaf)
     details["served_leaf_sha256"] = _fingerprint(served)
-    if served.public_bytes(Encoding.DER) == quoted.public_bytes(Encoding.DER):
-        match = "leaf"
-    elif _spki(served) == _spki(quoted):
-        match = "public_key"
-    else:
+    found = _quoted_match(served, names, evidences.files)
+    if found is None:
         raise fail(
             f"{evidences.domain} served certificate {_fingerprint(served)[:16]}…, not the "
-            f"leaf of {cert_name} ({_fingerprint(quoted)[:16]}…) nor one with its key",
+            f"leaf of {' or '.join(names)} nor one with its key",
             details,
         )
+    cert_name, quoted, match = found
+    details.update(certificate_file=cert_name, quoted_leaf_sha256=_fingerprint(quoted))
     if not names_domain(served, evidences.domain):
         raise fail(
             f"the served certificate does not name {evidences.domain} in subjectAltName", details
         )
+    details.update(match=match, not_after=_utc(quoted.not_valid_after_utc))
+    what = (
+        f"the served leaf is {cert_name}'s leaf"
+        if match == "leaf"
+        else f"the served leaf differs from {cert_name}'s but has its public key"
+    )
     unverified = (
         ""
         if evidences.chain_verified
         else "; the fetch did not verify the web-PKI chain: this step is what ties "
         f"{evidences.domain} to the evidences"
     )
-    details["match"] = match
-    details["not_after"] = _utc(quoted.not_valid_after_utc)
-    what = (
-        f"the served leaf is {cert_name}'s leaf"
-        if match == "leaf"
-        else f"the served leaf differs from {cert_name}'s but has its public key"
-    )
     return StepResult(
         EvidenceStep.TLS_CERTIFICATE,
         Outcome.PASS,
-        f"{what} ({_fingerprint(quoted)[:16]}…){unverified}",
+        f"{what} ({_fingerprint(quoted)[:16]}…), on the connection the files came over{unverified}",
         details,
     )
 

@@ -9,11 +9,11 @@ import aiohttp
 import dcap_qvl
 import orjson
 
-from oauth3.attestation import LAYOUT_V2, parse_quote
+from oauth3.attestation import LAYOUT_V2, AttestationError, parse_quote, parse_strict_json
 
 from .bundle import Bundle, BundleError, evidence_from_bundle
-from .collateral import DEFAULT_PCCS_URL, fetch_collateral, load_collateral
-from .http import DEFAULT_TIMEOUT, BodyTooLarge, client_session, read_body
+from .collateral import DEFAULT_PCCS_URL, fetch_collateral, load_collateral, quote_is_readable
+from .http_client import DEFAULT_TIMEOUT, HttpFailure, client_session, get_capped
 from .steps import Evidence, Verdict, VerifyOptions, chain_facts, collateral_identity
 from .steps import verify_evidence as run_steps
 
@@ -36,8 +36,8 @@ class CollateralSource:
 
 def _problem_summary(body: bytes) -> str:
     try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
+        doc = parse_strict_json(body)
+    except AttestationError:
         return ""
     if not isinstance(doc, dict):
         return ""
@@ -47,15 +47,12 @@ def _problem_summary(body: bytes) -> str:
 
 async def _get(session: aiohttp.ClientSession, url: str) -> bytes:
     try:
-        async with session.get(url) as response:
-            body = await read_body(response, MAX_RESPONSE)
-            if response.status != 200:
-                raise FetchError(f"GET {url}: HTTP {response.status}{_problem_summary(body)}")
-    except BodyTooLarge as exc:
-        raise FetchError(f"GET {url}: response {exc}") from None
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise FetchError(f"GET {url}: {type(exc).__name__} {exc}".rstrip()) from None
-    return body
+        answer = await get_capped(session, url, MAX_RESPONSE)
+    except HttpFailure as exc:
+        raise FetchError(str(exc)) from None
+    if answer.status != 200:
+        raise FetchError(f"GET {url}: HTTP {answer.status}{_problem_summary(answer.body)}")
+    return answer.body
 
 
 async def fetch_evidence(
@@ -71,8 +68,8 @@ async def fetch_evidence(
         query += f"&layout={LAYOUT_V2}"
     body = await _get(session, f"{base}/attestation{query}")
     try:
-        attestation = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
+        attestation = parse_strict_json(body)
+    except AttestationError as exc:
         raise FetchError(f"GET {base}/attestation: not JSON: {exc}") from None
     if not isinstance(attestation, dict):
         raise FetchError(f"GET {base}/attestation: not a JSON object")
@@ -94,8 +91,8 @@ async def obtain_collateral(
     stored: dict[str, object] | None = None,
 ) -> dcap_qvl.QuoteCollateralV3 | None:
     """The collateral to verify with: file, then a named PCCS, then `stored`, then the default."""
-    if options.skip_dcap:
-        return None
+    if options.skip_dcap or not quote_is_readable(evidence.quote):
+        return None  # an unreadable quote fails its own step, whatever the other options
     if not options.allow_simulated and _is_simulator_quote(evidence):
         return None  # it fails the simulated step whatever the collateral; ask no PCCS for it
     if source.collateral is not None:

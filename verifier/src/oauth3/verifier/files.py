@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -14,6 +16,19 @@ class FileTooLarge(Exception):
 def read_capped(path: Path, cap: int) -> bytes:
     """A file's bytes; FileTooLarge past `cap` bytes (OSError when unreadable)."""
     with path.open("rb") as handle:
+        data = handle.read(cap + 1)
+    if len(data) > cap:
+        raise FileTooLarge(f"{path} exceeds {cap} bytes")
+    return data
+
+
+def read_regular_file(path: Path, cap: int) -> bytes:
+    """A regular file's bytes, never following a symbolic link and never blocking on a FIFO or
+    device; OSError when it is anything else or unreadable, FileTooLarge past `cap` bytes."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
         data = handle.read(cap + 1)
     if len(data) > cap:
         raise FileTooLarge(f"{path} exceeds {cap} bytes")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 from oauth3.attestation import (
     AttestationError,
@@ -17,8 +17,10 @@ from oauth3.attestation import (
 )
 from oauth3.attestation.rtmr3 import read_boot_record
 
-from .commandline import OneLineParser, fail, read_input
-from .output import json_text
+from .commandline import USAGE_ERROR, OneLineParser, read_input
+from .output import json_text, printable
+
+PROG = "oauth3-inspect"
 
 
 def _hex_or_none(value: bytes | None) -> str | None:
@@ -89,10 +91,9 @@ def describe(evidence: Evidence, event_log_text: str | None = None) -> dict[str,
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of `oauth3-inspect`."""
+def _parser() -> OneLineParser:
     parser = OneLineParser(
-        prog="oauth3-inspect",
+        prog=PROG,
         description="Decode a TDX quote: raw, hex, a dstack GetQuote/Tappd response, "
         "or an oauth3 /attestation response.",
     )
@@ -100,16 +101,37 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--event-log", metavar="FILE", help="an event log kept apart from the quote (JSON array)"
     )
-    args = parser.parse_args(argv)
-    data = read_input(args.file)
-    event_log_text = (
-        read_input(args.event_log).decode("utf-8", "replace") if args.event_log else None
-    )
+    return parser
+
+
+def run(argv: list[str] | None = None, out: TextIO | None = None) -> int:
+    """Print the description of one evidence file and return 0; any bad input (or failure of
+    this program) is one escaped line on stderr and exit code 2."""
     try:
+        args = _parser().parse_args(argv)
+        data = read_input(args.file)
+        event_log_text = (
+            read_input(args.event_log).decode("utf-8", "replace") if args.event_log else None
+        )
         result = describe(load_evidence(data), event_log_text)
+    except SystemExit as exc:  # argparse and read_input have printed their one line
+        return exc.code if isinstance(exc.code, int) else USAGE_ERROR
     except AttestationError as exc:
-        fail(f"oauth3-inspect: {exc}")
-    sys.stdout.write(json_text(result) + "\n")
+        return _error(str(exc))
+    except Exception as exc:
+        return _error(f"internal error (a bug: please report it): {type(exc).__name__}: {exc}")
+    (out if out is not None else sys.stdout).write(json_text(result) + "\n")
+    return 0
+
+
+def _error(message: str) -> int:
+    sys.stderr.write(f"{PROG}: {printable(' '.join(message.split()))}\n")
+    return USAGE_ERROR
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `oauth3-inspect`."""
+    raise SystemExit(run(argv))
 
 
 if __name__ == "__main__":

@@ -62,12 +62,12 @@ def jsonable(value: Any) -> Any:
 
 
 def json_text(document: Mapping[str, Any]) -> str:
-    """Indented JSON whose non-ASCII controls and format characters are \\u-escaped: the same
-    values for a parser, inert for a terminal someone `cat`s it to."""
+    """Indented JSON whose DEL, non-ASCII controls and format characters are \\u-escaped: the
+    same values for a parser, inert for a terminal someone `cat`s it to."""
     text = orjson.dumps(jsonable(document), option=orjson.OPT_INDENT_2).decode()
-    if text.isascii():
+    if text.isascii() and "\x7f" not in text:  # JSON leaves DEL raw; a terminal does not
         return text
-    return "".join(c if c.isascii() or c.isprintable() else _json_escape(c) for c in text)
+    return "".join(c if c.isprintable() or c == "\n" else _json_escape(c) for c in text)
 
 
 def _json_escape(char: str) -> str:
@@ -100,6 +100,7 @@ def render(verdict: Verdict, subject: str, notes: list[str], program: str) -> st
         ("report_data", hex_or_none(verdict.report_data)),
         ("compose_hash", hex_or_none(verdict.compose_hash)),
         ("app_id", hex_or_none(verdict.app_id)),
+        ("instance_id", hex_or_none(verdict.instance_id)),
         ("tcb_status", verdict.tcb_status),
         ("checked_at", verdict.as_json()["checked_at"]),
     ]

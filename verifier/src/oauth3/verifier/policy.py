@@ -243,6 +243,8 @@ def parse_policy(text: str, source: str) -> Policy:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"not TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise PolicyError("not a policy: its arrays or tables nest too deeply") from None
     _no_unknown(doc, ["format", "app", "platform", "tcb", "os", "simulated"], "policy")
     if doc.get("format") != POLICY_FORMAT:
         raise PolicyError(f"format must be {POLICY_FORMAT}, got {doc.get('format')!r}")
@@ -313,12 +315,15 @@ def load_policy(path: Path) -> Policy:
 
 
 def toml_string(text: str) -> str:
-    """A TOML basic string: quotes, backslashes and every control character escaped."""
+    """A TOML basic string: quotes, backslashes and every control character escaped; an
+    unpaired surrogate (TOML has no escape for one) is kept as its visible text `\\udXXX`."""
     out = []
     for char in text:
         if char in '"\\':
             out.append("\\" + char)
-        elif ord(char) < 0x20 or ord(char) == 0x7F or 0xD800 <= ord(char) <= 0xDFFF:
+        elif 0xD800 <= ord(char) <= 0xDFFF:
+            out.append(f"\\\\u{ord(char):04x}")
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
             out.append(f"\\u{ord(char):04x}")
         else:
             out.append(char)

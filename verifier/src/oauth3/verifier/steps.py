@@ -779,6 +779,7 @@ def verify_evidence(
         compose_hash=boot.compose_hash if boot is not None else None,
         app_id=boot.app_id if boot is not None else None,
         key_provider=boot.key_provider_payload if boot is not None else None,
+        instance_id=boot.instance_id if boot is not None else None,
         tcb_status=str(report.status) if report is not None else None,
         advisory_ids=tuple(str(a) for a in report.advisory_ids) if report is not None else (),
         measurements=(

@@ -153,6 +153,7 @@ class Verdict:
     compose_hash: bytes | None = None
     app_id: bytes | None = None
     key_provider: bytes | None = None  # the measured key-provider payload
+    instance_id: bytes | None = None  # which replica of the app answered (None: no instance id)
     tcb_status: str | None = None
     advisory_ids: tuple[str, ...] = ()
     measurements: dict[str, str] = field(default_factory=dict)
@@ -224,6 +225,7 @@ class Verdict:
                 if self.key_provider is not None
                 else None
             ),
+            "instance_id": hex_or_none(self.instance_id),
             "tcb_status": self.tcb_status,
             "advisory_ids": list(self.advisory_ids),
             "simulated": self.simulated,
