@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 
+from oauth3.attestation.response import QuotedEvidence
 from oauth3.runtime.httpmw import AGENT_MS_HEADER, QUEUE_MS_HEADER, REQUEST_ID_HEADER
 
 
@@ -59,16 +58,10 @@ class AgentQuote:
     queue_ms: float | None = None
     agent_ms: float | None = None
 
-    def attestation_members(self, layout: str, report_data: bytes) -> dict[str, Any]:
-        """The /attestation members every layout carries (contract 3), quote and log included."""
-        return {
-            "layout": layout,
-            "quote": base64.b64encode(self.quote).decode(),
-            "eventLog": self.event_log,
-            "reportData": report_data.hex(),
-            "vmConfig": self.vm_config,
-            "generatedAt": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        }
+    @property
+    def evidence(self) -> QuotedEvidence:
+        """The members every /attestation layout carries."""
+        return QuotedEvidence(self.quote, self.event_log, self.vm_config)
 
 
 def _float_header(headers: Any, name: str) -> float | None:
