@@ -786,8 +786,9 @@ def _nonce_notes(b3: B3) -> list[str]:
         f"back-off); the stack answered about {rate:,.0f} responses/s, so by Little's law a 503 "
         "waits roughly concurrency / rate on average, and the load generator shares the same two "
         "cores. The service counts its own distinct quotes in flight and answers 503 itself "
-        "above OAUTH3_MAX_PENDING_QUOTES (17, the sidecar's bound), so a rejection costs no "
-        "sidecar hop (p99 of the 503s went from 166 ms to under 50 ms with that change). No "
+        "above the sidecar's bound (OAUTH3_SIDECAR_QUEUE_SIZE + 1 = 17, read from the same "
+        "variable), so a rejection costs no sidecar hop (p99 of the 503s went from 166 ms to "
+        "under 50 ms with that change). No "
         "timeouts and no other 5xx occurred." + spread,
         "",
     ]

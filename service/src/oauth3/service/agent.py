@@ -12,7 +12,8 @@ import aiohttp
 import orjson
 
 from oauth3.attestation.response import QuotedEvidence
-from oauth3.runtime.httpmw import AGENT_MS_HEADER, QUEUE_MS_HEADER, REQUEST_ID_HEADER
+from oauth3.runtime.httpmw import REQUEST_ID_HEADER
+from oauth3.runtime.sidecar_protocol import AGENT_MS_HEADER, QUEUE_MS_HEADER
 
 
 class AgentError(Exception):

@@ -13,6 +13,14 @@ import orjson
 from oauth3.runtime.envconfig import ConfigError, integer, limits, log_buffering, log_level, number
 from oauth3.runtime.logbuffer import Buffering
 from oauth3.runtime.serve import Limits
+from oauth3.runtime.sidecar_protocol import (
+    DEFAULT_QUEUE_SIZE,
+    DEFAULT_SOCKET,
+    MAX_QUEUE_SIZE,
+    QUEUE_SIZE_ENV,
+    SOCKET_ENV,
+    quotes_held,
+)
 
 DEFAULT_METRICS_PORT = 9464
 
@@ -50,7 +58,7 @@ class ServiceSettings:
 
     host: str = "127.0.0.1"
     port: int = 8080
-    sidecar_socket: Path = Path("/var/run/oauth3/sidecar.sock")
+    sidecar_socket: Path = DEFAULT_SOCKET
     quote_timeout: float = 15.0
     ready_timeout: float = 2.0
     cache_refresh_interval: float = 60.0
@@ -63,9 +71,15 @@ class ServiceSettings:
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0  # off unless asked for; from_env defaults to DEFAULT_METRICS_PORT
     limits: Limits = field(default_factory=Limits)
-    max_pending_quotes: int = 17  # the sidecar's default queue (16) plus the quote in the agent
+    sidecar_queue_size: int = DEFAULT_QUEUE_SIZE  # the sidecar's, read from the same variable
     max_batch: int = 4096  # distinct nonces in one oauth3/v2 quote
     batch_wait: float = 30.0  # a batch's wait for its quote, from its first nonce (then 504)
+
+    @property
+    def max_pending_quotes(self) -> int:
+        """Distinct fresh quotes in flight beyond which the service answers 503 itself: as many
+        as the sidecar holds, so a request it would refuse never makes the round trip."""
+        return quotes_held(self.sidecar_queue_size)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
@@ -81,7 +95,7 @@ class ServiceSettings:
         return cls(
             host=env.get("OAUTH3_HOST", "127.0.0.1"),
             port=integer(env, "OAUTH3_PORT", 8080, 0, 65535),
-            sidecar_socket=Path(env.get("OAUTH3_SIDECAR_SOCKET", "/var/run/oauth3/sidecar.sock")),
+            sidecar_socket=Path(env.get(SOCKET_ENV) or DEFAULT_SOCKET),
             quote_timeout=number(env, "OAUTH3_QUOTE_TIMEOUT", 15.0, 0.01, 600),
             ready_timeout=number(env, "OAUTH3_READY_TIMEOUT", 2.0, 0.01, 60),
             cache_refresh_interval=refresh,
@@ -92,7 +106,7 @@ class ServiceSettings:
             log_level=log_level(env),
             log_buffering=log_buffering(env),
             limits=limits(env, "OAUTH3_"),
-            max_pending_quotes=integer(env, "OAUTH3_MAX_PENDING_QUOTES", 17, 1, 10_001),
+            sidecar_queue_size=integer(env, QUEUE_SIZE_ENV, DEFAULT_QUEUE_SIZE, 1, MAX_QUEUE_SIZE),
             max_batch=integer(env, "OAUTH3_MAX_BATCH", 4096, 1, 1 << 20),
             batch_wait=number(env, "OAUTH3_BATCH_WAIT", 30.0, 0.01, 600),
             metrics_host=env.get("OAUTH3_METRICS_HOST", "127.0.0.1"),
