@@ -16,14 +16,14 @@ from aiohttp.test_utils import TestClient
 
 from oauth3.attestation import parse_quote
 from oauth3.attestation.merkle import MerkleTree, root_from_path
-from oauth3.service.agent import (
+from oauth3.service.app import METRICS, create_app
+from oauth3.service.batches import NonceBatcher
+from oauth3.service.sidecar_client import (
     AgentBadAnswerError,
     AgentQuote,
     AgentTimeoutError,
     AgentUnavailableError,
 )
-from oauth3.service.app import METRICS, create_app
-from oauth3.service.batches import NonceBatcher
 from tests.fakes import Harness, problem
 
 ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]

@@ -16,12 +16,12 @@ from oauth3.runtime.httpmw import REQUEST_ID, RequestBookkeeping, note
 from oauth3.runtime.metrics import metrics_listener
 from oauth3.runtime.problem import Problem
 
-from .agent import AgentError, SidecarClient
 from .identity import InfoDocument, build_info_document
 from .metrics import ServiceMetrics, ServiceScraper
 from .query import AttestationQuery, QueryError, parse_attestation_query
 from .quotes import QuoteOutcome, QuoteProvider
 from .settings import ServiceSettings
+from .sidecar_client import AgentError, SidecarClient
 
 DISTRIBUTION = "oauth3-service"  # /info names its version
 SETTINGS = web.AppKey("settings", ServiceSettings)
@@ -119,7 +119,7 @@ async def readyz(request: web.Request) -> web.Response:
     """GET /readyz: the sidecar answers and the agent behind it answers Info."""
     settings = request.app[SETTINGS]
     try:
-        await request.app[SIDECAR].info(request[REQUEST_ID], settings.ready_timeout)
+        await request.app[SIDECAR].agent_info(request[REQUEST_ID], settings.ready_timeout)
     except AgentError as exc:
         note(request, not_ready=exc.reason)
         raise Problem(503, f"not ready: {exc.reason}", retry_after=settings.retry_after) from None
@@ -128,13 +128,10 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def sidecar_client(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: the sidecar client session."""
+    """cleanup_ctx: the sidecar client's session, and the quote provider over it."""
     settings = app[SETTINGS]
-    client = SidecarClient(
-        settings.sidecar_socket, timeout=settings.quote_timeout, retry_after=settings.retry_after
-    )
+    client = app[SIDECAR]
     await client.start()
-    app[SIDECAR] = client
     provider = QuoteProvider(
         client,
         app[INFO].digest,
@@ -171,10 +168,13 @@ def create_app(settings: ServiceSettings, *, app_version: str | None = None) -> 
     app[INFO] = build_info_document(
         settings.build_info, app_version or package_version(DISTRIBUTION)
     )
+    app[SIDECAR] = SidecarClient(
+        settings.sidecar_socket, timeout=settings.quote_timeout, retry_after=settings.retry_after
+    )
     app.cleanup_ctx.append(sidecar_client)
     app.cleanup_ctx.append(quote_refresher)
     if settings.metrics_port:
-        scraper = ServiceScraper(metrics, settings.sidecar_socket, settings.ready_timeout)
+        scraper = ServiceScraper(metrics, app[SIDECAR], settings.ready_timeout)
         app.cleanup_ctx.append(
             metrics_listener(settings.metrics_host, settings.metrics_port, scraper)
         )

@@ -19,7 +19,7 @@ from oauth3.attestation.merkle import MerkleTree
 from oauth3.attestation.report_data import batch_report_data_for
 from oauth3.attestation.response import BatchBodies
 
-from .agent import AgentQuote, AgentTimeoutError, AgentUnavailableError
+from .sidecar_client import AgentQuote, AgentTimeoutError, AgentUnavailableError
 
 # quote the 64 report_data bytes and return the agent's checked answer
 QuoteFetcher = Callable[[bytes, str], Awaitable[AgentQuote]]

@@ -12,9 +12,15 @@ import structlog
 from oauth3.attestation import AttestationError, parse_quote, report_data_for
 from oauth3.attestation.response import v1_body
 
-from .agent import AgentBadAnswerError, AgentError, AgentQuote, AgentUnavailableError, SidecarClient
 from .batches import NonceBatcher
 from .metrics import ServiceMetrics
+from .sidecar_client import (
+    AgentBadAnswerError,
+    AgentError,
+    AgentQuote,
+    AgentUnavailableError,
+    SidecarClient,
+)
 
 log = structlog.get_logger("service")
 
