@@ -12,7 +12,7 @@ from aiohttp import web
 
 from oauth3.attestation import LAYOUT, LAYOUT_V2
 from oauth3.runtime import package_version
-from oauth3.runtime.httpmw import REQUEST_ID, RequestBookkeeping, note
+from oauth3.runtime.bookkeeping import REQUEST_ID, RequestBookkeeping, note
 from oauth3.runtime.metrics import metrics_listener
 from oauth3.runtime.problem import Problem
 

@@ -15,7 +15,7 @@ import orjson
 
 from oauth3.attestation.response import QuotedEvidence
 from oauth3.runtime.bodies import read_capped
-from oauth3.runtime.httpmw import REQUEST_ID_HEADER
+from oauth3.runtime.bookkeeping import REQUEST_ID_HEADER
 from oauth3.runtime.sidecar_protocol import (
     AGENT_MS_HEADER,
     GET_QUOTE_PATH,

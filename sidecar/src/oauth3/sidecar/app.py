@@ -30,7 +30,7 @@ import orjson
 from aiohttp import web
 
 from oauth3.runtime.bodies import read_capped
-from oauth3.runtime.httpmw import REQUEST_ID, REQUEST_ID_HEADER, RequestBookkeeping, note
+from oauth3.runtime.bookkeeping import REQUEST_ID, REQUEST_ID_HEADER, RequestBookkeeping, note
 from oauth3.runtime.metrics import exposition
 from oauth3.runtime.problem import Problem
 from oauth3.runtime.sidecar_protocol import (
