@@ -187,6 +187,7 @@ class Harness:
         values: dict[str, Any] = {
             "sidecar_socket": self.sidecar_settings.socket,
             "sidecar_queue_size": self.sidecar_settings.queue_size,
+            "metrics_port": 0,
             "quote_timeout": 2.0,
             "ready_timeout": 0.5,
             "cache_refresh_interval": 60.0,

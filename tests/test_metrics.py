@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from oauth3.runtime.envconfig import ConfigError
+from oauth3.runtime.env_settings import ConfigError
 from oauth3.runtime.metrics import REQUEST_BUCKETS
 from oauth3.service.app import create_app
 from oauth3.service.metrics import ServiceMetrics, checked_sidecar_text

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
 from oauth3.attestation import parse_quote
-from oauth3.runtime.envconfig import ConfigError
+from oauth3.runtime.env_settings import ConfigError
 from oauth3.service import app as service_app
 from oauth3.service.app import create_app
 from oauth3.service.settings import ServiceSettings, parse_build_info

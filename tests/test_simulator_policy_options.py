@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 from oauth3.runtime.cli import OneLineParser
-from oauth3.runtime.envconfig import ConfigError
+from oauth3.runtime.env_settings import ConfigError
 from oauth3.simulator.settings import SimulatorSettings, from_args, parser
 
 

@@ -16,10 +16,12 @@ from typing import Any, BinaryIO
 import orjson
 import structlog
 
+from .env_settings import choice
 from .logbuffer import BufferedLogger, Buffering, LineBuffer
 from .stdlogs import restore_python_output, route_python_output
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+LOG_LEVEL = choice("OAUTH3_LOG_LEVEL", "info", tuple(_LEVELS), "debug, info or warning")
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|PRIVATE_?KEY|CREDENTIAL", re.I)
 REDACTED = "[redacted]"
 MIN_SECRET_LENGTH = 4

@@ -8,8 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-SOCKET_ENV = "OAUTH3_SIDECAR_SOCKET"
-DEFAULT_SOCKET = Path("/var/run/oauth3/sidecar.sock")
+from .env_settings import integer, path
+
+SOCKET = path(
+    "OAUTH3_SIDECAR_SOCKET",
+    Path("/var/run/oauth3/sidecar.sock"),
+    "the sidecar's unix socket (the sidecar serves it, the service connects to it)",
+)
 
 GET_QUOTE_PATH = "/GetQuote"  # POST {"report_data": "<hex of exactly 64 bytes>"}
 INFO_PATH = "/Info"  # POST {} (the readiness probe)
@@ -19,9 +24,13 @@ METRICS_PATH = "/metrics"  # GET: the sidecar's own Prometheus figures, oauth3_s
 QUEUE_MS_HEADER = "X-Oauth3-Queue-Ms"
 AGENT_MS_HEADER = "X-Oauth3-Agent-Ms"
 
-QUEUE_SIZE_ENV = "OAUTH3_SIDECAR_QUEUE_SIZE"
-DEFAULT_QUEUE_SIZE = 16
-MAX_QUEUE_SIZE = 10_000
+QUEUE_SIZE = integer(
+    "OAUTH3_SIDECAR_QUEUE_SIZE",
+    16,
+    1,
+    10_000,
+    "quote requests waiting behind the one at the agent (the service derives its bound from it)",
+)
 
 
 def quotes_held(queue_size: int) -> int:

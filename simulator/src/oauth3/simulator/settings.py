@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import cast
 
 from oauth3.attestation.tcb import TCB_STATUSES, TcbStatus
-from oauth3.runtime.envconfig import ConfigError, log_buffering
+from oauth3.runtime.env_settings import ConfigError, read_settings
 from oauth3.runtime.logbuffer import Buffering
 from oauth3.runtime.logs import valid_level
 
@@ -355,7 +355,7 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str]) -> SimulatorSett
             dcap_dir=Path(dcap_dir[0]) if dcap_dir is not None else None,
             pccs_port=_integer(_pick(args, env, "pccs_port"), 0, 65535),
             log_level=valid_level(log_level[0]) if log_level is not None else "info",
-            log_buffering=log_buffering(env),
+            log_buffering=read_settings(Buffering, env, "OAUTH3_"),
             dcap=_dcap_options(args, env),
             variant=_variant(args, env),
         )
