@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from oauth3.attestation import parse_quote
+from oauth3.attestation import parse_event_log, parse_quote
 from oauth3.verifier.measure import EXIT_CANNOT_COMPUTE, run
 from oauth3.verifier.policy import parse_policy
 
@@ -117,3 +117,34 @@ def test_usage_errors_are_one_line_and_exit_2(
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("content", ['"not json"', "[1, 2]", "{broken"])
+def test_a_vm_config_file_that_is_not_an_object_is_refused_in_one_line(
+    content: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "vm.json").write_text(content)
+    (tmp_path / "log.json").write_text("[]")
+    args = ["--vm-config", str(tmp_path / "vm.json"), "--event-log", str(tmp_path / "log.json")]
+    try:
+        code = run(args, io.StringIO())
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    assert code in (2, EXIT_CANNOT_COMPUTE)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+def test_the_text_output_names_each_register_and_where_acpi_came_from(vectors: Path) -> None:
+    out = io.StringIO()
+    assert run(["--dstack-quote", str(vectors / LITE)], out) == 0
+    lines = dict(line.split(None, 1) for line in out.getvalue().splitlines())
+    report = parse_quote(bytes.fromhex(json.loads((vectors / LITE).read_text())["quote"])).report
+    assert lines["mrtd"] == report.mr_td.hex()
+    assert lines["rtmr0"] == report.rtmr[0].hex()
+    assert lines["acpi-tables"] == next(
+        e.digest.hex()
+        for e in parse_event_log(json.loads((vectors / LITE).read_text())["event_log"])
+        if e.event == "acpi-tables"
+    )

@@ -251,3 +251,11 @@ def test_an_attached_document_that_is_not_base64_is_refused() -> None:
     with pytest.raises(MeasurementError, match="checksum_file is not base64"):
         document_from_vm_config({"tdx_measurement": attached})
     assert document_from_vm_config({}) is None
+
+
+def test_another_ovmf_variant_in_vm_config_is_refused(vectors: Path) -> None:
+    raw, vm_config = load(vectors, LITE)
+    acpi = acpi_digests_from_log(parse_event_log(raw["event_log"]))
+    shape = shape_from_vm_config({**vm_config, "ovmf_variant": "post202505"})
+    with pytest.raises(MeasurementError, match="OVMF variant"):
+        expected_registers(lite_document(vm_config).measurement, shape, acpi)

@@ -14,8 +14,11 @@ from typing import Any
 import pytest
 
 from oauth3.attestation import parse_event_log
-from oauth3.verifier.cli import observed_policy, run
-from oauth3.verifier.policy import Policy, render_policy
+from oauth3.attestation.dstack_os import os_releases
+from oauth3.verifier.cli import run
+from oauth3.verifier.observed import observed_policy
+from oauth3.verifier.platform import RECOMPUTED, PlatformMismatch, identify_os
+from oauth3.verifier.policy import Policy, PolicyError, parse_policy, render_policy
 from oauth3.verifier.steps import Evidence, VerifyOptions, verify_evidence
 from tests.verifycli import platform_flags, step
 
@@ -236,3 +239,81 @@ def test_write_policy_pins_the_recomputed_release(vectors: Path) -> None:
     assert observed.os_image_hashes == {bytes.fromhex(RELEASE)}
     assert observed.platforms == ()
     assert f'image_hashes = [\n  "{RELEASE}",\n]' in render_policy(observed, "test")
+
+
+def test_the_policy_reads_release_and_acpi_pins(tmp_path: Path) -> None:
+    text = (
+        "format = 1\n[os]\n"
+        f'image_hashes = ["{RELEASE}"]\n'
+        f'acpi_loader_sha384 = "{"11" * 48}"\n'
+        f'acpi_rsdp_sha384 = "{"22" * 48}"\n'
+        f'acpi_tables_sha384 = "{"33" * 48}"\n'
+    )
+    policy = parse_policy(text, "test")
+    assert policy.os_image_hashes == {bytes.fromhex(RELEASE)}
+    assert policy.acpi_digests == {
+        "loader": bytes([0x11]) * 48,
+        "rsdp": bytes([0x22]) * 48,
+        "tables": bytes([0x33]) * 48,
+    }
+    assert parse_policy(render_policy(policy, "test"), "again").acpi_digests == policy.acpi_digests
+
+
+@pytest.mark.parametrize(
+    ("os_table", "reason"),
+    [
+        ('image_hashes = ["00"]', "32 bytes"),
+        ('image_hashes = "x"', "must be a list"),
+        (f'acpi_loader_sha384 = "{"11" * 48}"', "1 of the 3 ACPI digests"),
+        (
+            'acpi_loader_sha384 = "11"\nacpi_rsdp_sha384 = "11"\nacpi_tables_sha384 = "11"',
+            "48 bytes",
+        ),
+    ],
+)
+def test_malformed_release_pins_are_policy_errors(os_table: str, reason: str) -> None:
+    with pytest.raises(PolicyError, match=reason):
+        parse_policy(f"format = 1\n[os]\n{os_table}\n", "test")
+
+
+def test_a_release_pin_given_twice_is_an_error(vectors: Path, tmp_path: Path) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'format = 1\n[os]\nimage_hashes = ["{RELEASE}"]\n')
+    out = io.StringIO()
+    code = run(
+        ["--dstack-quote", str(vectors / LITE), "--policy", str(policy), *PINS, "--json"], out
+    )
+    assert code == 2
+    assert json.loads(out.getvalue())["verdict"] == "ERROR"
+
+
+def test_a_legacy_boot_cannot_check_a_release_pin(vectors: Path) -> None:
+    legacy = vectors / "dstack-head/verifier-fixtures/quote-report.json"
+    vm_config = json.loads(json.loads(legacy.read_text())["vm_config"])
+    pins = ["--expect-os-image-hash", vm_config["os_image_hash"], "--skip-dcap"]
+    reason = platform_failure(["--dstack-quote", str(legacy), *pins])
+    assert "cannot be checked" in reason
+    assert "no measurement document" in reason
+
+
+def test_a_legacy_declared_boot_is_checked_with_its_acpi_digests_pinned(
+    vectors: Path, tmp_path: Path
+) -> None:
+    events = parse_event_log(fixture(vectors)["event_log"])
+    digests = {e.event: e.digest for e in events if e.event.startswith("acpi-")}
+    policy = acpi_policy(
+        tmp_path, digests["acpi-loader"], digests["acpi-rsdp"], digests["acpi-tables"]
+    )
+    path = edited(tmp_path, fixture(vectors), tdx_attestation_variant=None)
+    _, report = verify(["--dstack-quote", str(path), "--policy", str(policy), "--skip-dcap"])
+    assert step(report, "platform")["outcome"] == "pass"
+
+
+def test_a_recomputed_release_is_named_from_the_table_whatever_rtmr3_says() -> None:
+    release = next(iter(os_releases().values()))
+    identity = identify_os(b"\x07" * 32, {"os_image_hash": "11" * 32}, release.os_image_hash)
+    assert identity.release == release
+    assert identity.named_from == RECOMPUTED
+    assert release.image in identity.describe()
+    with pytest.raises(PlatformMismatch, match="did not boot"):
+        identify_os(b"\x07" * 32, {"os_image_hash": "11" * 32}, None)

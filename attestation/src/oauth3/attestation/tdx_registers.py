@@ -127,6 +127,7 @@ class VmShape:
     memory_size: int
     qemu_version: tuple[int, int, int]
     two_pass_add_pages: bool
+    ovmf_variant: str | None = None  # when vm_config names one, the document's must be it
 
     def as_json(self) -> dict[str, Any]:
         """For reports: memory in bytes, the QEMU version and the MRTD candidate it selects."""
@@ -161,7 +162,10 @@ def shape_from_vm_config(vm_config: Mapping[str, Any]) -> VmShape:
     if flag is not None and not isinstance(flag, bool):
         raise MeasurementError("vm_config.qemu_single_pass_add_pages is not a boolean")
     two_pass = flag if flag is not None else (8, 0, 0) <= version < (9, 0, 0)
-    return VmShape(memory, version, two_pass)
+    ovmf = vm_config.get("ovmf_variant")
+    if ovmf is not None and not isinstance(ovmf, str):
+        raise MeasurementError("vm_config.ovmf_variant is not a string")
+    return VmShape(memory, version, two_pass, ovmf)
 
 
 def check_memory_supported(memory_size: int) -> None:
@@ -232,8 +236,14 @@ def expected_registers(
     measurement: TdxImageMeasurement, shape: VmShape, acpi: AcpiDigests
 ) -> TdxRegisters:
     """MRTD and RTMR0-2 the image boots to in a VM of this shape with these ACPI blobs.
-    MeasurementError for a refused memory size or an unreadable TD HOB witness."""
+    MeasurementError for a refused memory size, another OVMF variant than the shape names, or
+    an unreadable TD HOB witness."""
     check_memory_supported(shape.memory_size)
+    if shape.ovmf_variant is not None and shape.ovmf_variant != measurement.ovmf_variant:
+        raise MeasurementError(
+            f"vm_config names OVMF variant {shape.ovmf_variant!r}, the measurement document "
+            f"{measurement.ovmf_variant!r} (dstack verification.rs:1005-1014 refuses this too)"
+        )
     witness = decode_witness(measurement.td_hob_witness)
     mrtd = measurement.mrtd_two_pass if shape.two_pass_add_pages else measurement.mrtd_single_pass
     return TdxRegisters(

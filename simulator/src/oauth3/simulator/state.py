@@ -378,6 +378,13 @@ class SimulatedCvm:
         }
 
 
+def _mr_td(seed: Seed, attacks: frozenset[Attack], release: SimulatedRelease | None) -> bytes:
+    """The firmware the TD booted: the release's, unless the host swapped it (other-mrtd)."""
+    if "other-mrtd" in attacks:
+        return seed.take("mr-td/other", 48)
+    return release.registers.mrtd if release else seed.take("mr-td", 48)
+
+
 def build_cvm(
     app_compose: bytes, seed: str, signer: QuoteSigner, variant: CvmVariant | None = None
 ) -> SimulatedCvm:
@@ -421,13 +428,7 @@ def build_cvm(
         compose_hash=digest,
         app_id=app_id,
         instance_id=instance_id,
-        mr_td=(
-            derive.take("mr-td/other", 48)
-            if "other-mrtd" in attacks
-            else release.registers.mrtd
-            if release
-            else derive.take("mr-td", 48)
-        ),
+        mr_td=_mr_td(derive, attacks, release),
         # the host picks mr_config_id at launch; a host playing the retyping attack leaves it
         # unused (all zero, as most deployments have it), so it cannot betray the real hash
         mr_config_id=bytes(48) if "retyped-os-events" in attacks else mr_config_id_v1(digest),

@@ -31,8 +31,8 @@ from .commandline import OneLineParser
 from .fetch import CollateralSource, FetchError, verify_bundle, verify_evidence, verify_url
 from .files import write_atomically
 from .http import DEFAULT_TIMEOUT
+from .observed import observed_policy_text, written_note
 from .output import json_text, printable, render
-from .platform import RECOMPUTED
 from .policy import (
     PLATFORM_FIELDS,
     PlatformPin,
@@ -40,10 +40,8 @@ from .policy import (
     PolicyError,
     key_provider_pin,
     load_policy,
-    measured_key_provider,
     merge,
     platform_pin,
-    render_policy,
 )
 from .steps import Evidence, VerifyOptions
 from .verdict import (
@@ -52,7 +50,6 @@ from .verdict import (
     EXIT_PARTIAL,
     EXIT_UNPINNED,
     EXIT_USAGE,
-    Step,
     Verdict,
     VerdictName,
     rfc3339,
@@ -62,8 +59,6 @@ if TYPE_CHECKING:
     from _typeshed import SupportsWrite
 
 PROG = "oauth3-verify"
-# written as commented-out suggestions: they tie a policy to one TDX module and TD shape
-OPTIONAL_OBSERVED = ("mrseam", "xfam", "td_attributes")
 PLATFORM_FLAGS = {
     "mrtd": "--expect-mrtd",
     "rtmr0": "--expect-rtmr0",
@@ -352,63 +347,19 @@ def _options(args: argparse.Namespace) -> VerifyOptions:
     )
 
 
-def recomputed_release(verdict: Verdict) -> bytes | None:
-    """The OS release the platform step recomputed to the quote's registers, if it did."""
-    platform = next((s for s in verdict.steps if s.name == Step.PLATFORM), None)
-    os_facts = platform.details.get("os", {}) if platform is not None else {}
-    if os_facts.get("named_from") != RECOMPUTED or not os_facts.get("os_image_hash"):
-        return None
-    return bytes.fromhex(os_facts["os_image_hash"])
-
-
-def observed_policy(verdict: Verdict, previous: Policy) -> Policy:
-    """The policy a verification observed: its app, its OS release when one was recomputed
-    (else its platform registers), TCB status and advisories (and a simulator's mock root)."""
-    measured = verdict.measurements
-    values = {k: bytes.fromhex(measured[k]) for k in ("mrtd", "rtmr0", "rtmr1", "rtmr2")}
-    provider = measured_key_provider(verdict.key_provider)
-    release = recomputed_release(verdict)
-    return Policy(
-        compose_hashes=frozenset([verdict.compose_hash] if verdict.compose_hash else []),
-        app_ids=frozenset([verdict.app_id] if verdict.app_id else []),
-        key_providers=frozenset([provider] if provider is not None else []),
-        platforms=() if release else (PlatformPin(name="observed", values=values),),
-        os_image_hashes=frozenset([release] if release else []),
-        allowed_tcb=frozenset([verdict.tcb_status]) if verdict.tcb_status else previous.allowed_tcb,
-        allowed_advisories=frozenset(verdict.advisory_ids),
-        min_tcb_evaluation=previous.min_tcb_evaluation,
-        allow_dev_os=previous.allow_dev_os,
-        simulated_root_sha256=verdict.root_ca_sha256 if verdict.simulated else None,
-    )
-
-
 def _write_policy(path: str, verdict: Verdict, options: VerifyOptions, subject: str) -> str:
     if verdict.verdict is VerdictName.FAILED:
         return f"policy NOT written to {path}: the verification failed"
     if not verdict.hardware_checked:
         return f"policy NOT written to {path}: the hardware was not checked"
-    observed = observed_policy(verdict, options.policy)
-    optional = {k: bytes.fromhex(verdict.measurements[k]) for k in OPTIONAL_OBSERVED}
-    evaluation = (verdict.collateral or {}).get("tcb_evaluation_data_number")
-    text = render_policy(
-        observed,
-        f"{subject} at {rfc3339(int(time.time()))}",
-        optional,
-        evaluation if isinstance(evaluation, int) else None,
+    text = observed_policy_text(
+        verdict, options.policy, f"{subject} at {rfc3339(int(time.time()))}"
     )
     try:
         write_atomically(Path(path), text.encode())
     except OSError as exc:
         _usage(f"cannot write {path}: {exc.strerror or exc}")
-    written = f"policy written to {path}: review every value out of band, then use --policy {path}"
-    platform = next((s for s in verdict.steps if s.name == Step.PLATFORM), None)
-    if platform is not None and not platform.details.get("os", {}).get("measured", True):
-        # the only name this OS has is the host's: the pinned registers may be a dev image's
-        written += (
-            "; the OS image was not measured (no KMS), so compare RTMR0-2 with the release "
-            "you expect (dstack-mr) before relying on them"
-        )
-    return written
+    return written_note(path, verdict)
 
 
 def _report(

@@ -123,8 +123,11 @@ def _from_vm_config(args: argparse.Namespace) -> Measured:
     if args.event_log is None:
         fail("oauth3-measure: error: --vm-config needs --event-log FILE (for the ACPI digests)")
     vm_config = _json_file(args.vm_config, "vm_config")
-    if isinstance(vm_config, str):
-        vm_config = orjson.loads(vm_config) if vm_config.startswith("{") else vm_config
+    if isinstance(vm_config, str):  # a vm_config as GetQuote carries it: JSON text in a string
+        try:
+            vm_config = orjson.loads(vm_config)
+        except orjson.JSONDecodeError:
+            fail(f"oauth3-measure: vm_config {args.vm_config} holds a string that is not JSON")
     log = read_input(args.event_log).decode("utf-8", "replace")
     return measure_lite(vm_config, log)
 
@@ -157,10 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def render_text(measured: Measured) -> str:
     """Human-readable: the four registers, then the facts they came from."""
-    lines = [f"{k:<14}{measured.registers[k].hex()}" for k in REGISTERS]
+    lines = [f"{k:<16}{measured.registers[k].hex()}" for k in REGISTERS]
     for key, value in measured.facts.items():
-        if key != "label":
-            lines.append(f"{key:<14}{value}")
+        if isinstance(value, Mapping):
+            lines += [
+                f"{k if k.startswith(key) else f'{key} {k}':<16}{v}" for k, v in value.items()
+            ]
+        elif key != "label":
+            lines.append(f"{key:<16}{value}")
     return "\n".join(lines) + "\n"
 
 

@@ -11,8 +11,12 @@ What dstack does (Dstack-TEE/dstack @ 312dc605):
   system_setup.rs:2150`): the hash the KMS read from the `vm_config` the guest sent it
   (`kms/src/main_service.rs:377,404`, `dstack-attest/src/attestation.rs:932-935`), checked by
   the KMS only when its image verification is on (`main_service.rs:290`). It is the same in 0.5.x
-  (`kms/src/main_service.rs:337` at v0.5.11) and in 0.6. Genuine 0.6 evidence shows the two may
-  differ: dstack's own lite fixture names e6f5cfec… in vm_config and 07a2388c… in RTMR3.
+  (`kms/src/main_service.rs:337` at v0.5.11) and in 0.6. So on an unedited boot the two agree;
+  they differ when vm_config changed after the KMS saw it. dstack's own lite fixture is such a
+  case: captured when 0.6 builds named the image 07a2388c…, its vm_config was rewritten to the
+  unified sha256(sha256sum.txt) = e6f5cfec… by "refactor: unify os image hash materials"
+  (53defce6) without recapturing the quote, and dstack-verifier accepts it (it never reads RTMR3
+  for the OS). vm_config is not signed, so that edit is harmless once the release recomputes.
 So here: a release whose document recomputes to the quote is authenticated by the hardware and
 names the OS; an RTMR3 value that differs is reported, not held against it. Without a document
 that recomputes (a legacy boot, or an unsupported memory size), RTMR3 is the better witness and a

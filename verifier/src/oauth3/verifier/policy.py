@@ -345,6 +345,34 @@ HEADER = """\
 """
 
 
+def _app_section(policy: Policy) -> str:
+    return (
+        "\n[app]\n"
+        "# SHA-256 of the exact app-compose.json the CVM booted (RTMR3 compose-hash event).\n"
+        f"compose_hashes = {_hex_list(policy.compose_hashes)}\n"
+        "# Optional: accepted app ids (20 bytes; with KMS the platform assigns them).\n"
+        f"app_ids = {_hex_list(policy.app_ids)}\n"
+        "# Optional: accepted key providers (RTMR3 key-provider event), NAME:HEX, e.g. the KMS\n"
+        '# "kms:<hex of its root public key>", or "none:" for a CVM without one.\n'
+        f"key_providers = {_string_list(str(k) for k in policy.key_providers)}\n"
+    )
+
+
+def _os_section(policy: Policy) -> str:
+    return (
+        "\n[os]\n"
+        "# dstack dev images allow root login and debugging: refused unless this is true.\n"
+        f"allow_dev = {'true' if policy.allow_dev_os else 'false'}\n"
+        "# Accepted OS releases (os_image_hash = sha256 of the image's sha256sum.txt): MRTD\n"
+        "# and RTMR0-2 are recomputed from the release's measurement document and must equal\n"
+        "# the quote's.\n"
+        f"image_hashes = {_hex_list(policy.os_image_hashes)}\n"
+        + "".join(
+            f'{ACPI_KEYS[name]} = "{value.hex()}"\n' for name, value in policy.acpi_digests.items()
+        )
+    )
+
+
 def render_policy(
     policy: Policy,
     observed_from: str,
@@ -355,16 +383,7 @@ def render_policy(
     values and the observed TCB evaluation number are written commented out, to enable."""
     seen = toml_string(" ".join(observed_from.split()))[1:-1]
     parts = [HEADER, f"# observed from: {seen}\n" if observed_from else "", "format = 1\n"]
-    parts.append(
-        "\n[app]\n"
-        "# SHA-256 of the exact app-compose.json the CVM booted (RTMR3 compose-hash event).\n"
-        f"compose_hashes = {_hex_list(policy.compose_hashes)}\n"
-        "# Optional: accepted app ids (20 bytes; with KMS the platform assigns them).\n"
-        f"app_ids = {_hex_list(policy.app_ids)}\n"
-        "# Optional: accepted key providers (RTMR3 key-provider event), NAME:HEX, e.g. the KMS\n"
-        '# "kms:<hex of its root public key>", or "none:" for a CVM without one.\n'
-        f"key_providers = {_string_list(str(k) for k in policy.key_providers)}\n"
-    )
+    parts.append(_app_section(policy))
     for pin in policy.platforms:
         parts.append(
             "\n# One [[platform]] per accepted platform. MRTD is the TD firmware; RTMR0-2 what\n"
@@ -395,16 +414,7 @@ def render_policy(
             if observed_evaluation is not None
             else ""
         )
-        + "\n[os]\n"
-        "# dstack dev images allow root login and debugging: refused unless this is true.\n"
-        f"allow_dev = {'true' if policy.allow_dev_os else 'false'}\n"
-        "# Accepted OS releases (os_image_hash = sha256 of the image's sha256sum.txt): MRTD\n"
-        "# and RTMR0-2 are recomputed from the release's measurement document and must equal\n"
-        "# the quote's.\n"
-        f"image_hashes = {_hex_list(policy.os_image_hashes)}\n"
-        + "".join(
-            f'{ACPI_KEYS[name]} = "{value.hex()}"\n' for name, value in policy.acpi_digests.items()
-        )
+        + _os_section(policy)
     )
     if policy.simulated_root_sha256 is not None:
         parts.append(
