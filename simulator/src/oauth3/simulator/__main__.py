@@ -16,7 +16,7 @@ from oauth3.runtime.logs import configure_logging, secrets_from_env
 from oauth3.runtime.serve import SocketInUseError, prepare_socket_path, serve
 
 from .app import CVM, DCAP, create_app
-from .mockdcap import create_pccs_app
+from .pccs import create_pccs_app
 from .settings import SimulatorSettings, from_args, parser
 
 PROG = "oauth3-simulator"
