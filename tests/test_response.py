@@ -33,7 +33,7 @@ def test_a_v1_document_reads_back_and_binds_its_nonce() -> None:
     response = parse_response(body)
     assert (response.layout, response.quote, response.nonce) == (LAYOUT, EVIDENCE.quote, NONCES[0])
     assert response.report_data == report_data
-    assert response.bound_report_data(DIGEST) == report_data
+    assert response.bound_report_data(DIGEST, NONCES[0]) == report_data
     assert response.generated_at is not None
     assert response.generated_at.endswith("Z")
 
@@ -41,7 +41,7 @@ def test_a_v1_document_reads_back_and_binds_its_nonce() -> None:
 def test_a_v1_document_without_a_nonce_binds_zeros() -> None:
     body = v1_body(EVIDENCE, report_data_for(DIGEST), None)
     assert orjson.loads(body)["nonce"] is None
-    assert parse_response(body).bound_report_data(DIGEST) == DIGEST + bytes(32)
+    assert parse_response(body).bound_report_data(DIGEST, None) == DIGEST + bytes(32)
 
 
 def test_every_client_of_a_batch_reads_the_batch_root_from_its_own_proof() -> None:
@@ -55,14 +55,28 @@ def test_every_client_of_a_batch_reads_the_batch_root_from_its_own_proof() -> No
         assert response.layout == LAYOUT_V2
         assert response.proof is not None
         assert response.proof.batch_size == len(NONCES)
-        assert response.bound_report_data(DIGEST) == report_data
+        assert response.bound_report_data(DIGEST, nonce) == report_data
 
 
 def test_a_proof_for_another_leaf_leads_to_another_root() -> None:
     tree = MerkleTree(NONCES)
     report_data = batch_report_data_for(DIGEST, tree.root)
-    body = BatchBodies.for_batch(EVIDENCE, tree, report_data).body(NONCES[1], 0)
-    assert parse_response(body).bound_report_data(DIGEST) != report_data
+    response = parse_response(BatchBodies.for_batch(EVIDENCE, tree, report_data).body(NONCES[1], 0))
+    assert response.bound_report_data(DIGEST, NONCES[1]) != report_data
+
+
+def test_the_binding_is_to_the_clients_nonce_not_the_documents() -> None:
+    """A replayed v1 answer names its own nonce; bound to the client's, it asks for another
+    report_data than the quote carries."""
+    report_data = report_data_for(DIGEST, NONCES[0])
+    response = parse_response(v1_body(EVIDENCE, report_data, NONCES[0]))
+    assert response.bound_report_data(DIGEST, NONCES[1]) != report_data
+    tree = MerkleTree(NONCES)
+    batch = batch_report_data_for(DIGEST, tree.root)
+    v2 = parse_response(BatchBodies.for_batch(EVIDENCE, tree, batch).body(NONCES[0], 0))
+    assert v2.bound_report_data(DIGEST, NONCES[0]) == batch
+    with pytest.raises(ResponseError, match="binds a nonce"):
+        v2.bound_report_data(DIGEST, None)
 
 
 def _v1(**changes: object) -> bytes:
@@ -96,7 +110,7 @@ def test_a_v2_proof_outside_its_tree_is_a_response_error() -> None:
     proof = {"leafIndex": 3, "batchSize": 2, "path": []}
     response = parse_response(_v1(layout=LAYOUT_V2, merkle=proof))
     with pytest.raises(ResponseError, match="outside"):
-        response.bound_report_data(DIGEST)
+        response.bound_report_data(DIGEST, NONCES[0])
 
 
 def test_the_quote_member_is_the_quote_in_standard_base64() -> None:

@@ -39,7 +39,7 @@ class QuotedEvidence:
 
 
 @dataclass(frozen=True, slots=True)
-class InclusionProof:
+class BatchProof:
     """An oauth3/v2 response's proof that its nonce is a leaf of the quoted batch."""
 
     leaf_index: int
@@ -101,7 +101,7 @@ class BatchBodies:
 @dataclass(frozen=True, slots=True)
 class AttestationResponse:
     """A parsed /attestation document (either layout); `bound_report_data` says what its quote
-    must carry."""
+    must carry for a given nonce."""
 
     layout: str
     quote: bytes
@@ -110,18 +110,20 @@ class AttestationResponse:
     vm_config: str | None
     generated_at: str | None
     nonce: bytes | None
-    proof: InclusionProof | None  # oauth3/v2 only
+    proof: BatchProof | None  # oauth3/v2 only
 
-    def bound_report_data(self, info_digest: bytes) -> bytes:
-        """The 64 report_data bytes the quote must carry when it binds these /info bytes and this
-        nonce (v2: the batch root the proof leads to); ResponseError when it cannot say."""
+    def bound_report_data(self, info_digest: bytes, nonce: bytes | None) -> bytes:
+        """The 64 report_data bytes the quote must carry to bind these /info bytes and `nonce`,
+        the nonce the client itself sent or recorded (never this document's own `nonce` member):
+        v1 the nonce itself, v2 the batch root its proof leads to. ResponseError when the
+        document cannot bind it."""
         if self.layout == LAYOUT:
-            return report_data_for(info_digest, self.nonce)
-        if self.nonce is None or self.proof is None:
-            raise ResponseError("an oauth3/v2 response needs a nonce and its inclusion proof")
+            return report_data_for(info_digest, nonce)
+        if nonce is None or self.proof is None:
+            raise ResponseError("an oauth3/v2 response binds a nonce, through its 'merkle' proof")
         proof = self.proof
         try:
-            root = root_from_path(self.nonce, proof.leaf_index, proof.batch_size, proof.path)
+            root = root_from_path(nonce, proof.leaf_index, proof.batch_size, proof.path)
         except MerkleError as exc:
             raise ResponseError(f"merkle: {exc}") from None
         return batch_report_data_for(info_digest, root)
@@ -147,7 +149,7 @@ def _hex(doc: Mapping[str, Any], key: str, size: int) -> bytes | None:
     return value
 
 
-def _proof(member: object) -> InclusionProof:
+def _proof(member: object) -> BatchProof:
     if not isinstance(member, dict):
         raise ResponseError("an oauth3/v2 response must carry its inclusion proof ('merkle')")
     index, size, path = member.get("leafIndex"), member.get("batchSize"), member.get("path")
@@ -161,7 +163,7 @@ def _proof(member: object) -> InclusionProof:
         raise ResponseError("merkle: path is not hex") from None
     if any(len(s) != HASH_SIZE for s in siblings):
         raise ResponseError(f"merkle: every path hash must be {HASH_SIZE} bytes")
-    return InclusionProof(index, size, siblings)
+    return BatchProof(index, size, siblings)
 
 
 def read_response(doc: Mapping[str, Any]) -> AttestationResponse:
@@ -203,7 +205,7 @@ def parse_response(body: bytes) -> AttestationResponse:
 __all__ = [
     "AttestationResponse",
     "BatchBodies",
-    "InclusionProof",
+    "BatchProof",
     "QuotedEvidence",
     "ResponseError",
     "generated_at",
