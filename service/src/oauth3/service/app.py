@@ -37,10 +37,9 @@ log = structlog.get_logger("service")
 async def get_info(request: web.Request) -> web.Response:
     """GET /info: the identity bytes, exactly as hashed into every quote."""
     info = request.app[INFO]
-    headers = {"ETag": info.etag, "Cache-Control": "no-cache"}
     if "If-None-Match" in request.headers and info.etag in request.headers.getall("If-None-Match"):
-        return web.Response(status=304, headers=headers)
-    return web.Response(body=info.body, content_type="application/json", headers=headers)
+        return web.Response(status=304, headers=info.headers)
+    return web.Response(body=info.body, headers=info.full_headers)
 
 
 def _attestation_query(request: web.Request) -> AttestationQuery:
