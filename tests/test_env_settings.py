@@ -84,3 +84,17 @@ def test_nested_groups_read_under_their_prefix() -> None:
         "EX_KEEPALIVE_TIMEOUT",
         "EX_MAX_CONNECTIONS",
     ]
+
+
+def test_the_simulator_declares_each_option_once() -> None:
+    """Its options and variables come from one table; the log level is the runtime's own."""
+    from oauth3.runtime.cli import OneLineParser  # noqa: PLC0415 - the simulator's part only
+    from oauth3.runtime.logs import LOG_LEVEL  # noqa: PLC0415
+    from oauth3.simulator.settings import OPTIONS, parser  # noqa: PLC0415
+
+    variables = [setting.env for setting in OPTIONS.values()]
+    assert len(variables) == len(set(variables))
+    assert all(setting.description for setting in OPTIONS.values())
+    assert OPTIONS["log_level"] is LOG_LEVEL
+    help_text = parser("oauth3-simulator", OneLineParser).format_help()
+    assert all(variable in help_text for variable in variables)

@@ -54,7 +54,11 @@ def test_environment() -> None:
     [
         ({"OAUTH3_SIM_TCB_STATUS": "Fine"}, "OAUTH3_SIM_TCB_STATUS must be one of"),
         ({"OAUTH3_SIM_REVOKED_PCK": "maybe"}, "OAUTH3_SIM_REVOKED_PCK must be 1 or 0"),
-        ({"OAUTH3_SIM_COLLATERAL_VALIDITY_S": "soon"}, "must be an integer"),
+        (
+            {"OAUTH3_SIM_COLLATERAL_VALIDITY_S": "soon"},
+            "OAUTH3_SIM_COLLATERAL_VALIDITY_S must be a number",
+        ),
+        ({"OAUTH3_SIM_COLLATERAL_VALIDITY_S": "0"}, "must be between 1 and"),
     ],
 )
 def test_invalid_values_are_config_errors(env: dict[str, str], message: str) -> None:

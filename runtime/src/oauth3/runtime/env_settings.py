@@ -44,12 +44,17 @@ class Setting(Generic[T]):
         raw = env.get(name)
         if raw is None or raw == "":
             return self.default if self.fallback is None else self.fallback(env)
+        return self.parse_from(raw, name)
+
+    def parse_from(self, raw: str, origin: str) -> T:
+        """The value of `raw`, which came from `origin` (a variable or an option that errors
+        name)."""
         try:
             return self.parse(raw)
         except ConfigError:
             raise
         except ValueError as exc:
-            raise ConfigError(f"{name} {exc}") from None
+            raise ConfigError(f"{origin} {exc}") from None
 
 
 def _number(low: float, high: float) -> Callable[[str], float]:
@@ -102,6 +107,17 @@ def choice(env: str, default: str, choices: tuple[str, ...], description: str) -
         return raw
 
     return Setting(env, default, description, parse)
+
+
+def flag(env: str, description: str) -> Setting[bool]:
+    """1/true or 0/false (default false)."""
+
+    def parse(raw: str) -> bool:
+        if raw not in ("0", "1", "true", "false"):
+            raise ValueError(f"must be 1 or 0, got {raw!r}")
+        return raw in ("1", "true")
+
+    return Setting(env, False, description, parse)
 
 
 def file_mode(env: str, default: int, description: str) -> Setting[int]:
