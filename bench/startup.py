@@ -21,11 +21,13 @@ COMMANDS = ("bare", "help", "bundle")
 
 @dataclass
 class B6:
-    """Wall times (s) of each command, in the rounds they ran."""
+    """Wall times (s) of each command, in the rounds they ran, and where `--bundle`'s imports
+    spend their time (module, cumulative µs, from one `python -X importtime` run)."""
 
     error: str = ""
     times: dict[str, list[float]] = field(default_factory=dict)
     exit_codes: dict[str, set[int]] = field(default_factory=dict)
+    imports: list[tuple[str, int]] = field(default_factory=list)
 
     def median_ms(self, name: str) -> float:
         """The median wall time of `name`, in ms."""
@@ -60,7 +62,31 @@ def measure(
             if round_:
                 result.times[name].append(elapsed)
                 result.exit_codes[name].add(done.returncode)
+    result.imports = import_profile(env, cwd)
     return result
+
+
+def import_profile(env: dict[str, str], cwd: Path, top: int = 12) -> list[tuple[str, int]]:
+    """The imports of `oauth3.verifier.cli` with the largest cumulative time: third-party
+    packages and oauth3 modules, each once (a package's time includes its submodules')."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import oauth3.verifier.cli"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    found: dict[str, int] = {}
+    for line in done.stderr.splitlines():
+        parts = line.removeprefix("import time:").split("|")
+        if len(parts) != 3 or not parts[1].strip().isdigit():
+            continue
+        name = parts[2].strip()
+        if "." not in name or name.startswith("oauth3."):
+            found[name] = max(found.get(name, 0), int(parts[1]))
+    return sorted(found.items(), key=lambda item: -item[1])[:top]
 
 
 def summary_rows(b6: B6) -> list[tuple[str, str, str, str, bool]]:
@@ -108,4 +134,14 @@ def section(b6: B6) -> list[str]:
         "a rotated order. `--help` exits 2 by design; the bundle run gives no pins, so a full "
         "verification ends UNPINNED (3).",
     ]
+    if b6.imports:
+        lines += [
+            "",
+            "Where `import oauth3.verifier.cli` spends its time (one `python -X importtime` run; "
+            "cumulative, so a module's figure includes what it imports):",
+            "",
+            "| module | cumulative import time |",
+            "|---|---:|",
+            *(f"| `{name}` | {micros / 1000:.1f} ms |" for name, micros in b6.imports),
+        ]
     return lines
