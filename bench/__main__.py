@@ -27,6 +27,7 @@ import aiohttp
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
+from oauth3.attestation.report_data import report_data_for
 from oauth3.simulator.devstack import Child, StackPaths, start_stack, stop_all
 
 from . import startup
@@ -220,7 +221,7 @@ async def _agent_session(agent_socket: Path) -> aiohttp.ClientSession:
 
 
 async def _direct_quote(agent: aiohttp.ClientSession, digest: bytes) -> int:
-    payload = {"report_data": (digest + secrets.token_bytes(32)).hex()}
+    payload = {"report_data": report_data_for(digest, secrets.token_bytes(32)).hex()}
     async with agent.post("http://dstack/GetQuote", json=payload) as response:
         await response.read()
         return response.status
