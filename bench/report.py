@@ -15,7 +15,7 @@ from .loadgen import Samples, percentile
 from .profile import OTHER as PROFILE_OTHER
 from .profile import PARTS as PROFILE_PARTS
 from .profile import Profile
-from .startup import B6, section, summary_rows
+from .startup import B6, analysis_notes, section, summary_rows
 from .wrk import LoadStats
 
 MIB = 1024
@@ -667,6 +667,8 @@ def analysis(results: Results) -> list[str]:
         lines += _nonce_notes(results.b3)
     if "B5" in missed:
         lines += MEMORY_NOTES
+    if "B6" in missed and results.b6 is not None:
+        lines += analysis_notes(results.b6)
     return lines
 
 
