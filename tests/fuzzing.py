@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase, ReadOnlyDatabase
 
-from oauth3.verifier import cli, inspect
+from oauth3.verifier import cli, inspect, measure
 from oauth3.verifier.verdict import EXIT_CODES
 
 FUZZ_EXAMPLES = 40
@@ -29,6 +29,7 @@ T = TypeVar("T", bound=Callable[..., Any])
 FUZZ_DATABASE = Path(__file__).parent / "fuzz_examples"
 VERIFY_EXITS = frozenset({0, 2, 3, 4, 5, *EXIT_CODES.values()})
 INSPECT_EXITS = frozenset({0, 2})
+MEASURE_EXITS = frozenset({0, 2, measure.EXIT_CANNOT_COMPUTE})
 ODD_CHARACTERS = ["\x00", "\x1b[2J", "\n", "\u202e", "\ud800", "\x7f", "\u2028", "é", '"', "\\"]
 
 
@@ -168,15 +169,26 @@ def run_inspect(args: list[str]) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+def run_measure(args: list[str]) -> tuple[int, str, str]:
+    """oauth3-measure ARGS in process: exit code, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = measure.run(args, out)
+    return code, out.getvalue(), err.getvalue()
+
+
 def _no_control_characters(text: str, where: str) -> None:
     bad = [c for c in text if c != "\n" and not c.isprintable()]
     assert not bad, f"{where} carries {bad[:5]!r}"
 
 
-def check_output(result: tuple[int, str, str], exits: frozenset[int]) -> dict[str, Any] | None:
+def check_output(
+    result: tuple[int, str, str], exits: frozenset[int], *, as_json: bool = True
+) -> dict[str, Any] | None:
     """The harness's promises: a documented exit code; no traceback and no internal error; an
-    error is one line; stdout, when printed, is one JSON object (its exit_code the real one);
-    nothing printed carries a control character."""
+    error is one line; stdout, when printed, is one JSON object (its exit_code the real one)
+    unless the run was without --json (`as_json` False); nothing printed carries a control
+    character."""
     code, out, err = result
     assert code in exits, (code, err)
     assert "Traceback" not in err
@@ -187,6 +199,8 @@ def check_output(result: tuple[int, str, str], exits: frozenset[int]) -> dict[st
         assert err.count("\n") == 1, err
     if not out:
         assert code != 0, "exit 0 printed nothing"
+        return None
+    if not as_json:
         return None
     document = json.loads(out)
     assert isinstance(document, dict)

@@ -39,8 +39,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-import orjson
-
 from oauth3.attestation import AttestationError, load_evidence, parse_event_log, parse_strict_json
 from oauth3.attestation.dstack_os import release_for
 from oauth3.attestation.measurement_document import MEASUREMENT_FILE, document_from_vm_config
@@ -63,6 +61,7 @@ from oauth3.attestation.tdx_registers import (
 from .commandline import USAGE_ERROR, InputTooLarge, OneLineParser, read_input_bytes
 from .files import write_atomically
 from .output import json_text, printable
+from .policy import toml_string
 
 PROG = "oauth3-measure"
 EXIT_CANNOT_COMPUTE = 3
@@ -129,9 +128,8 @@ class Measured:
                 f"a [[platform]] entry needs {', '.join(missing)}: pin --acpi-loader, --acpi-rsdp "
                 "and --acpi-tables (only dstack's patched QEMU generates the ACPI tables)"
             )
-        name = str(self.facts.get("label", "computed by oauth3-measure"))
-        escaped = name.replace("\\", "\\\\").replace('"', '\\"')
-        lines = ["[[platform]]", f'name = "{escaped}"']
+        name = printable(str(self.facts.get("label", "computed by oauth3-measure")))
+        lines = ["[[platform]]", f"name = {toml_string(name)}"]
         lines += [f'{k} = "{_hex(self.registers[k])}"' for k in REGISTERS]
         return "\n".join(lines) + "\n"
 
@@ -364,7 +362,7 @@ def render_text(measured: Measured) -> str:
             ]
         elif key != "label":
             lines.append(f"{key:<16}{value}")
-    return "\n".join(lines) + "\n"
+    return "".join(printable(line) + "\n" for line in lines)
 
 
 def _measure(argv: list[str] | None) -> str:
@@ -376,7 +374,7 @@ def _measure(argv: list[str] | None) -> str:
     mode = next(m for m, (dest, _) in SOURCES.items() if getattr(args, dest, None) is not None)
     measured = SOURCES[mode][1](args)
     if args.json:
-        return orjson.dumps(measured.as_json()).decode() + "\n"
+        return json_text(measured.as_json()) + "\n"
     return measured.policy_entry() if args.policy_entry else render_text(measured)
 
 
