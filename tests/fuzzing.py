@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase, ReadOnlyDatabase
 
+from oauth3.phala import cli as phala_cli
 from oauth3.verifier import cli, inspect, measure
 from oauth3.verifier.verdict import EXIT_CODES
 
@@ -30,6 +31,8 @@ FUZZ_DATABASE = Path(__file__).parent / "fuzz_examples"
 VERIFY_EXITS = frozenset({0, 2, 3, 4, 5, *EXIT_CODES.values()})
 INSPECT_EXITS = frozenset({0, 2})
 MEASURE_EXITS = frozenset({0, 2, measure.EXIT_CANNOT_COMPUTE})
+PHALA_CHECK_EXITS = frozenset({0, phala_cli.EXIT_NOT_OK, phala_cli.EXIT_USAGE})
+PHALA_RENDER_EXITS = frozenset({0, phala_cli.EXIT_USAGE})
 ODD_CHARACTERS = ["\x00", "\x1b[2J", "\n", "\u202e", "\ud800", "\x7f", "\u2028", "é", '"', "\\"]
 
 
@@ -174,6 +177,14 @@ def run_measure(args: list[str]) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stderr(err):
         code = measure.run(args, out)
+    return code, out.getvalue(), err.getvalue()
+
+
+def run_phala(args: list[str]) -> tuple[int, str, str]:
+    """oauth3-phala ARGS in process: exit code, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = phala_cli.run(args)
     return code, out.getvalue(), err.getvalue()
 
 
