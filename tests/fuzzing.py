@@ -15,7 +15,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
@@ -27,6 +27,7 @@ from oauth3.verifier.verdict import EXIT_CODES
 
 FUZZ_EXAMPLES = 40
 T = TypeVar("T", bound=Callable[..., Any])
+Result = tuple[int, str, str]  # exit code, stdout, stderr
 FUZZ_DATABASE = Path(__file__).parent / "fuzz_examples"
 VERIFY_EXITS = frozenset({0, 2, 3, 4, 5, *EXIT_CODES.values()})
 INSPECT_EXITS = frozenset({0, 2})
@@ -156,36 +157,32 @@ def json_text(draw: st.DrawFn, base: Any) -> bytes:
 # ---------------------------------------------------------------- runners and checks
 
 
-def run_verify(args: list[str]) -> tuple[int, str, str]:
-    """oauth3-verify ARGS --json in process: exit code, stdout, stderr."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stderr(err):
-        code = cli.run([*args, "--json"], out)
-    return code, out.getvalue(), err.getvalue()
-
-
-def run_inspect(args: list[str]) -> tuple[int, str, str]:
-    """oauth3-inspect ARGS in process: exit code, stdout, stderr."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stderr(err):
-        code = inspect.run(args, out)
-    return code, out.getvalue(), err.getvalue()
-
-
-def run_measure(args: list[str]) -> tuple[int, str, str]:
-    """oauth3-measure ARGS in process: exit code, stdout, stderr."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stderr(err):
-        code = measure.run(args, out)
-    return code, out.getvalue(), err.getvalue()
-
-
-def run_phala(args: list[str]) -> tuple[int, str, str]:
-    """oauth3-phala ARGS in process: exit code, stdout, stderr."""
+def _in_process(entry: Callable[[list[str], TextIO], int], args: list[str]) -> Result:
+    """Run a client tool's `run(argv, out)` in process: exit code, stdout, stderr."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = phala_cli.run(args)
+        code = entry(args, out)
     return code, out.getvalue(), err.getvalue()
+
+
+def run_verify(args: list[str]) -> Result:
+    """oauth3-verify ARGS --json in process: exit code, stdout, stderr."""
+    return _in_process(cli.run, [*args, "--json"])
+
+
+def run_inspect(args: list[str]) -> Result:
+    """oauth3-inspect ARGS in process: exit code, stdout, stderr."""
+    return _in_process(inspect.run, args)
+
+
+def run_measure(args: list[str]) -> Result:
+    """oauth3-measure ARGS in process: exit code, stdout, stderr."""
+    return _in_process(measure.run, args)
+
+
+def run_phala(args: list[str]) -> Result:
+    """oauth3-phala ARGS in process (it prints to sys.stdout): exit code, stdout, stderr."""
+    return _in_process(lambda argv, _: phala_cli.run(argv), args)
 
 
 def _no_control_characters(text: str, where: str) -> None:
