@@ -15,20 +15,25 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase, ReadOnlyDatabase
 
-from oauth3.verifier import cli, inspect
+from oauth3.phala import cli as phala_cli
+from oauth3.verifier import cli, inspect, measure
 from oauth3.verifier.verdict import EXIT_CODES
 
 FUZZ_EXAMPLES = 40
 T = TypeVar("T", bound=Callable[..., Any])
+Result = tuple[int, str, str]  # exit code, stdout, stderr
 FUZZ_DATABASE = Path(__file__).parent / "fuzz_examples"
 VERIFY_EXITS = frozenset({0, 2, 3, 4, 5, *EXIT_CODES.values()})
 INSPECT_EXITS = frozenset({0, 2})
+MEASURE_EXITS = frozenset({0, 2, measure.EXIT_CANNOT_COMPUTE})
+PHALA_CHECK_EXITS = frozenset({0, phala_cli.EXIT_NOT_OK, phala_cli.EXIT_USAGE})
+PHALA_RENDER_EXITS = frozenset({0, phala_cli.EXIT_USAGE})
 ODD_CHARACTERS = ["\x00", "\x1b[2J", "\n", "\u202e", "\ud800", "\x7f", "\u2028", "é", '"', "\\"]
 
 
@@ -152,20 +157,32 @@ def json_text(draw: st.DrawFn, base: Any) -> bytes:
 # ---------------------------------------------------------------- runners and checks
 
 
-def run_verify(args: list[str]) -> tuple[int, str, str]:
+def _in_process(entry: Callable[[list[str], TextIO], int], args: list[str]) -> Result:
+    """Run a client tool's `run(argv, out)` in process: exit code, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = entry(args, out)
+    return code, out.getvalue(), err.getvalue()
+
+
+def run_verify(args: list[str]) -> Result:
     """oauth3-verify ARGS --json in process: exit code, stdout, stderr."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stderr(err):
-        code = cli.run([*args, "--json"], out)
-    return code, out.getvalue(), err.getvalue()
+    return _in_process(cli.run, [*args, "--json"])
 
 
-def run_inspect(args: list[str]) -> tuple[int, str, str]:
+def run_inspect(args: list[str]) -> Result:
     """oauth3-inspect ARGS in process: exit code, stdout, stderr."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stderr(err):
-        code = inspect.run(args, out)
-    return code, out.getvalue(), err.getvalue()
+    return _in_process(inspect.run, args)
+
+
+def run_measure(args: list[str]) -> Result:
+    """oauth3-measure ARGS in process: exit code, stdout, stderr."""
+    return _in_process(measure.run, args)
+
+
+def run_phala(args: list[str]) -> Result:
+    """oauth3-phala ARGS in process (it prints to sys.stdout): exit code, stdout, stderr."""
+    return _in_process(lambda argv, _: phala_cli.run(argv), args)
 
 
 def _no_control_characters(text: str, where: str) -> None:
@@ -173,10 +190,13 @@ def _no_control_characters(text: str, where: str) -> None:
     assert not bad, f"{where} carries {bad[:5]!r}"
 
 
-def check_output(result: tuple[int, str, str], exits: frozenset[int]) -> dict[str, Any] | None:
+def check_output(
+    result: tuple[int, str, str], exits: frozenset[int], *, as_json: bool = True
+) -> dict[str, Any] | None:
     """The harness's promises: a documented exit code; no traceback and no internal error; an
-    error is one line; stdout, when printed, is one JSON object (its exit_code the real one);
-    nothing printed carries a control character."""
+    error is one line; stdout, when printed, is one JSON object (its exit_code the real one)
+    unless the run was without --json (`as_json` False); nothing printed carries a control
+    character."""
     code, out, err = result
     assert code in exits, (code, err)
     assert "Traceback" not in err
@@ -187,6 +207,8 @@ def check_output(result: tuple[int, str, str], exits: frozenset[int]) -> dict[st
         assert err.count("\n") == 1, err
     if not out:
         assert code != 0, "exit 0 printed nothing"
+        return None
+    if not as_json:
         return None
     document = json.loads(out)
     assert isinstance(document, dict)

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from oauth3.attestation import dump_event_log, parse_event_log, runtime_event_digest
 from oauth3.verifier.policy import PlatformPin, Policy, parse_policy, render_policy
-from tests.test_verifier_pccs import COLLATERAL, REPORT, fake_pccs
+from tests.pccs_fake import COLLATERAL, REPORT, collateral_pieces, fake_pccs
 from tests.verifycli import verify
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
@@ -35,11 +35,6 @@ def _one_error_line(process: subprocess.CompletedProcess[bytes]) -> str:
     assert "Traceback" not in err
     assert err.count("\n") == 1, err
     return err
-
-
-def _collateral(vectors: Path) -> dict[str, str]:
-    loaded: dict[str, str] = json.loads((vectors / COLLATERAL).read_text())
-    return loaded
 
 
 def _pccs_with(collateral: dict[str, str], path: str, answer_with: Any) -> web.Application:
@@ -79,7 +74,7 @@ async def test_a_pccs_crl_in_the_wrong_encoding_is_one_error_line(
     path: str,
     handler: Any,
 ) -> None:
-    server = await aiohttp_server(_pccs_with(_collateral(vectors), path, handler))
+    server = await aiohttp_server(_pccs_with(collateral_pieces(vectors), path, handler))
     args = ["--dstack-quote", str(vectors / REPORT), "--pccs", str(server.make_url("/"))]
     code, doc = await verify(args)
     assert (code, doc["verdict"]) == (2, "ERROR")
@@ -94,7 +89,7 @@ async def test_a_pccs_issuer_chain_that_is_no_pem_is_one_error_line(
         header = urllib.parse.quote("-----BEGIN CERTIFICATE-----\n\x1b[2J\n", safe="")
         return web.Response(body=b"\x30\x00", headers={"SGX-PCK-CRL-Issuer-Chain": header})
 
-    app = _pccs_with(_collateral(vectors), "/sgx/certification/v4/pckcrl", bad_chain)
+    app = _pccs_with(collateral_pieces(vectors), "/sgx/certification/v4/pckcrl", bad_chain)
     server = await aiohttp_server(app)
     args = ["--dstack-quote", str(vectors / REPORT), "--pccs", str(server.make_url("/"))]
     code, doc = await verify(args)

@@ -3,7 +3,7 @@ structured-but-wrong inputs and must keep the promises in tests/fuzzing.check_ou
 
 Entry points: --dstack-quote on GetQuote JSON (and its event log), --bundle, oauth3-inspect,
 --evidences-dir, the policy loader (--policy), a URL served by a hostile server, and the PCCS
-client (--pccs against a hostile PCCS). oauth3-phala check is fuzzed with oauth3-phala.
+client (--pccs against a hostile PCCS). oauth3-measure and oauth3-phala have their own files.
 """
 
 from __future__ import annotations

@@ -183,7 +183,7 @@ def test_bad_arguments_fail_in_one_line(
 def test_unreadable_or_malformed_directories_fail_in_one_line(tmp_path: Path) -> None:
     missing = run_cli("--image-dir", str(tmp_path / "nowhere"), "--cpus", "1", "--memory", "2G")
     assert missing.returncode == 2
-    assert missing.stderr.startswith("cannot read")
+    assert missing.stderr.startswith("oauth3-measure: cannot read")
     broken = write_image_dir(tmp_path / "broken", {**image_dir_files(), "ovmf.fd": b"\0" * 64})
     process = run_cli("--image-dir", str(broken), "--cpus", "1", "--memory", "2G")
     assert process.returncode == EXIT_CANNOT_COMPUTE

@@ -113,6 +113,7 @@ def test_rtmr0_of_dstacks_hob_layout_and_logged_acpi_equals_the_lite_quotes(vect
     ("metadata", "reason"),
     [
         (b"not json", "not JSON"),
+        (b'{"cmdline": "a", "cmdline": "b"}', "appears twice"),
         (b"[]", "not a JSON object"),
         (json.dumps({"bios": "a", "kernel": "b", "initrd": "c"}).encode(), "cmdline"),
         (

@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import io
 import json
-import urllib.parse
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,92 +15,14 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer, unused_port
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from oauth3.simulator.mockdcap import MockDcap
 from oauth3.verifier.cli import run
 from oauth3.verifier.collateral import CollateralError, _crl_der, fetch_collateral
+from tests.pccs_fake import COLLATERAL, INSIDE, REPORT, collateral_pieces, fake_pccs
 from tests.verifycli import step
 
-REPORT = "dstack-head/verifier-fixtures/quote-report.json"
-COLLATERAL = "dcap-qvl/sample/tdx_quote_outdated_collateral.json"
-INSIDE = "2026-03-20T10:41:14Z"
-
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
-
-
-def fake_pccs(
-    collateral: dict[str, str],
-    *,
-    tcb_chain_header: str = "TCB-Info-Issuer-Chain",
-    pem_crl: bool = False,
-    spaced_bodies: bool = False,
-    broken: str | None = None,
-) -> tuple[web.Application, list[str]]:
-    """An aiohttp PCCS serving one collateral set, recording each request's path and query."""
-    seen: list[str] = []
-    sep = ", " if spaced_bodies else ","
-    colon = ": " if spaced_bodies else ":"
-
-    def chain(value: str) -> str:
-        return urllib.parse.quote(value, safe="")
-
-    async def pck_crl(request: web.Request) -> web.Response:
-        der = bytes.fromhex(collateral["pck_crl"])
-        body = x509.load_der_x509_crl(der).public_bytes(Encoding.PEM) if pem_crl else der
-        headers = (
-            {}
-            if broken == "header"
-            else {"SGX-PCK-CRL-Issuer-Chain": chain(collateral["pck_crl_issuer_chain"])}
-        )
-        return web.Response(body=body, headers=headers)
-
-    async def root_crl(request: web.Request) -> web.Response:
-        return web.Response(text=collateral["root_ca_crl"])
-
-    async def tcb(request: web.Request) -> web.Response:
-        if broken == "tcb":
-            raise web.HTTPNotFound()
-        if broken == "unsigned":
-            return web.Response(
-                text=f'{{"tcbInfo":{collateral["tcb_info"]}}}',
-                headers={tcb_chain_header: chain(collateral["tcb_info_issuer_chain"])},
-            )
-        body = (
-            f'{{"tcbInfo"{colon}{collateral["tcb_info"]}{sep}'
-            f'"signature"{colon}"{collateral["tcb_info_signature"]}"}}'
-        )
-        headers = {tcb_chain_header: chain(collateral["tcb_info_issuer_chain"])}
-        return web.Response(text=body, content_type="application/json", headers=headers)
-
-    async def qe_identity(request: web.Request) -> web.Response:
-        body = (
-            f'{{"enclaveIdentity"{colon}{collateral["qe_identity"]}{sep}'
-            f'"signature"{colon}"{collateral["qe_identity_signature"]}"}}'
-        )
-        headers = {
-            "SGX-Enclave-Identity-Issuer-Chain": chain(collateral["qe_identity_issuer_chain"])
-        }
-        return web.Response(text=body, content_type="application/json", headers=headers)
-
-    @web.middleware
-    async def record(request: web.Request, handler: Any) -> web.StreamResponse:
-        seen.append(request.path_qs)
-        response: web.StreamResponse = await handler(request)
-        return response
-
-    app = web.Application(middlewares=[record])
-    app.router.add_get("/sgx/certification/v4/pckcrl", pck_crl)
-    app.router.add_get("/sgx/certification/v4/rootcacrl", root_crl)
-    app.router.add_get("/tdx/certification/v4/tcb", tcb)
-    app.router.add_get("/tdx/certification/v4/qe/identity", qe_identity)
-    return app, seen
-
-
-def _collateral(vectors: Path) -> dict[str, str]:
-    loaded: dict[str, str] = json.loads((vectors / COLLATERAL).read_text())
-    return loaded
 
 
 def _quote(vectors: Path) -> bytes:
@@ -128,7 +49,7 @@ async def test_fetched_collateral_equals_the_file(
     pem_crl: bool,
     spaced_bodies: bool,
 ) -> None:
-    expected = _collateral(vectors)
+    expected = collateral_pieces(vectors)
     app, seen = fake_pccs(
         expected, tcb_chain_header=tcb_chain_header, pem_crl=pem_crl, spaced_bodies=spaced_bodies
     )
@@ -149,7 +70,7 @@ async def test_fetched_collateral_equals_the_file(
 async def test_pccs_verdict_matches_file_verdict(
     vectors: Path, aiohttp_server: ServerFactory
 ) -> None:
-    app, seen = fake_pccs(_collateral(vectors))
+    app, seen = fake_pccs(collateral_pieces(vectors))
     server = await aiohttp_server(app)
     common = ["--dstack-quote", str(vectors / REPORT), "--at", INSIDE]
     pccs_url = str(server.make_url("/sgx/certification/v4/"))
@@ -159,7 +80,7 @@ async def test_pccs_verdict_matches_file_verdict(
     assert step(by_pccs[1], "hardware")["ok"] is True
     assert (
         by_pccs[1]["collateral"]["tcb_info_sha256"]
-        == hashlib.sha256(_collateral(vectors)["tcb_info"].encode()).hexdigest()
+        == hashlib.sha256(collateral_pieces(vectors)["tcb_info"].encode()).hexdigest()
     )
     assert len(seen) == 4
 
@@ -172,7 +93,7 @@ async def test_pccs_errors_are_one_line_exit_2(
     broken: str,
     message: str,
 ) -> None:
-    app, _ = fake_pccs(_collateral(vectors), broken=broken)
+    app, _ = fake_pccs(collateral_pieces(vectors), broken=broken)
     server = await aiohttp_server(app)
     args = ["--dstack-quote", str(vectors / REPORT), "--pccs", str(server.make_url("/"))]
     code, doc = await _verify(args)
@@ -195,7 +116,7 @@ async def test_unreachable_pccs_is_exit_2(
 async def test_fetch_rejects_unsigned_tcb_body(
     vectors: Path, aiohttp_server: ServerFactory
 ) -> None:
-    app, _ = fake_pccs(_collateral(vectors), broken="unsigned")
+    app, _ = fake_pccs(collateral_pieces(vectors), broken="unsigned")
     server = await aiohttp_server(app)
     async with aiohttp.ClientSession() as session:
         with pytest.raises(CollateralError, match="not a signed tcbInfo"):

@@ -42,7 +42,14 @@ from .report_data import (
 )
 from .response import AttestationResponse, parse_response, read_response
 from .rtmr3 import BootRecord, read_boot_record
-from .strict_json import MAX_DEPTH, StrictJSONError, exact, parse_strict_json
+from .strict_json import (
+    MAX_DEPTH,
+    StrictJSONError,
+    exact,
+    is_exactly,
+    json_type_name,
+    parse_strict_json,
+)
 
 __all__ = [
     "LAYOUT",
@@ -77,6 +84,8 @@ __all__ = [
     "evidence_from_document",
     "exact",
     "info_digest",
+    "is_exactly",
+    "json_type_name",
     "load_evidence",
     "measured_digest",
     "mr_config_id_v1",

@@ -10,13 +10,13 @@ dstack's patched QEMU can generate the ACPI tables. Pure: the caller reads the f
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .errors import MeasurementError
 from .measurement_document import OVMF_VARIANTS, TdxImageMeasurement, manifest_entry
 from .qemu_kernel import cmdline_digest, patched_kernel_digest, rtmr2_events
+from .strict_json import StrictJSONError, parse_strict_json
 from .td_hob import HIGH_MEMORY_SPLIT, decode_witness, td_hob_digest
 from .tdvf import parse_tdvf_sections, td_hob_witness, tdvf_mrtd
 from .tdx_registers import AcpiDigests, VmShape, replay, rtmr0_events, rtmr1_events
@@ -42,6 +42,8 @@ def _file_name(document: Mapping[str, object], key: str) -> str:
     name = document.get(key)
     if not isinstance(name, str) or not name:
         raise MeasurementError(f"{METADATA_FILE}: {key} is not a file name")
+    if "\x00" in name:
+        raise MeasurementError(f"{METADATA_FILE}: {key} {name!r} holds a NUL byte")
     if "/" in name or "\\" in name or name in {".", ".."}:
         raise MeasurementError(f"{METADATA_FILE}: {key} {name!r} leaves the image directory")
     return name
@@ -50,9 +52,9 @@ def _file_name(document: Mapping[str, object], key: str) -> str:
 def parse_image_metadata(raw: bytes) -> ImageMetadata:
     """`metadata.json` as dstack-mr reads it; MeasurementError names the missing or bad field."""
     try:
-        document = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise MeasurementError(f"{METADATA_FILE} is not JSON") from None
+        document = parse_strict_json(raw)
+    except StrictJSONError as exc:
+        raise MeasurementError(f"{METADATA_FILE} is not JSON as oauth3 reads it: {exc}") from None
     if not isinstance(document, dict):
         raise MeasurementError(f"{METADATA_FILE} is not a JSON object")
     cmdline = document.get("cmdline")

@@ -58,12 +58,22 @@ def parse_strict_json(data: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
     return json.loads(raw, object_pairs_hook=_no_duplicates)
 
 
+def is_exactly(value: object, kind: type) -> bool:
+    """Whether `value`'s JSON type is exactly `kind` (bool is not int, int is not float)."""
+    return type(value) is kind
+
+
+def json_type_name(kind: type) -> str:
+    """How an error names the JSON type `kind`: "true or false", "an integer", "a string"..."""
+    return _JSON_NAMES.get(kind, kind.__name__)
+
+
 def exact(value: object, kind: type[T], what: str) -> T:
-    """`value` if its JSON type is exactly `kind` (bool is not int, int is not float);
-    StrictJSONError naming `what` otherwise."""
-    if isinstance(value, kind) and type(value) is kind:
+    """`value` if its JSON type is exactly `kind` (see `is_exactly`); StrictJSONError naming
+    `what` otherwise."""
+    if isinstance(value, kind) and is_exactly(value, kind):
         return value
-    raise StrictJSONError(f"{what} must be {_JSON_NAMES.get(kind, kind.__name__)}")
+    raise StrictJSONError(f"{what} must be {json_type_name(kind)}")
 
 
 _JSON_NAMES: dict[type, str] = {

@@ -1,8 +1,9 @@
 """`oauth3-phala check`: a deployed app-compose against the manifest, each difference judged.
 
-The deployed document is read strictly: a key given twice is refused (a guest's parser might keep
-either value), values are compared with their exact JSON types under dstack's defaults (an absent
-`secure_time` is `true`; `1` is not `true`), and everything shown is escaped first.
+The deployed document is read with the client tools' one strict loader (`parse_strict_json`): a
+key given twice is refused (a guest's parser might keep either value). Values are compared with
+their exact JSON types under dstack's defaults (an absent `secure_time` is `true`; `1` is not
+`true`), and everything shown is escaped first.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from oauth3.attestation import compose_hash
+from oauth3.attestation import StrictJSONError, compose_hash, parse_strict_json
 from oauth3.verifier.output import printable
 
 from .manifest import ManifestError, Rendered
@@ -26,33 +27,13 @@ from .schema import ABSENT, HARMLESS_FIELDS, IMPORTANT_FIELDS, effective, schema
 MAX_SHOWN = 60
 
 
-def _refuse_duplicates(what: str) -> Any:
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        seen: dict[str, Any] = {}
-        for key, value in items:
-            if key in seen:
-                raise ManifestError(f"{what}: key {printable(repr(key))} appears twice")
-            seen[key] = value
-        return seen
-
-    return pairs
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ManifestError(f"not strict JSON: {name}")
-
-
 def strict_json(raw: bytes | str, what: str) -> Any:
-    """Parse JSON refusing duplicate keys, NaN/Infinity and invalid UTF-8 (ManifestError)."""
+    """`parse_strict_json` (duplicate keys, NaN/Infinity, invalid UTF-8 and deep nesting refused)
+    with its refusal as a ManifestError naming `what`."""
     try:
-        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        return json.loads(
-            text, object_pairs_hook=_refuse_duplicates(what), parse_constant=_refuse_constant
-        )
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        if isinstance(exc, ManifestError):
-            raise
-        raise ManifestError(f"{what}: not JSON") from None
+        return parse_strict_json(raw)
+    except StrictJSONError as exc:
+        raise ManifestError(f"{what}: {exc}") from None
 
 
 @cache

@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import aiohttp
-import orjson
 
 from oauth3.verifier.commandline import OneLineParser
-from oauth3.verifier.output import printable
+from oauth3.verifier.output import json_text, printable
 
 from . import deploy_cli
 from .api import ApiSettings, PhalaApiError, PhalaCloud
@@ -114,7 +113,7 @@ def _print_summary(summary: Mapping[str, Any], stream: Any) -> None:
     if summary["unfilled"]:
         roles = ", ".join(summary["unfilled"])
         lines.append(f"NOT DEPLOYABLE: fill --image for {roles} (ROLE=NAME@sha256:<64 hex>)")
-    stream.write("\n".join(lines) + "\n")
+    stream.write("".join(printable(line) + "\n" for line in lines))
 
 
 def _render_main(args: argparse.Namespace, rendered: Rendered) -> None:
@@ -128,7 +127,7 @@ def _render_main(args: argparse.Namespace, rendered: Rendered) -> None:
     summary = _summary(rendered, out, compose_out if rendered.docker_compose else None, args.kms)
     stream = sys.stderr if out == "-" or compose_out == "-" else sys.stdout
     if args.json:
-        stream.write(orjson.dumps(summary).decode() + "\n")
+        stream.write(json_text(summary) + "\n")
     else:
         _print_summary(summary, stream)
 

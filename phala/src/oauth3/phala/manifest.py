@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from oauth3.attestation import app_id_without_kms, compose_hash
+from oauth3.attestation import MAX_DEPTH, app_id_without_kms, compose_hash
 
 from .schema import schema_problems
 
@@ -68,9 +68,16 @@ def _without_nulls(value: Any, where: str) -> Any:
 
 
 def canonical_json(document: Mapping[str, Any]) -> bytes:
-    """Sorted-key compact UTF-8 JSON without nulls, as dstack's get_compose_hash serialises."""
+    """Sorted-key compact UTF-8 JSON without nulls, as dstack's get_compose_hash serialises;
+    ManifestError when the document cannot be UTF-8."""
     clean = _without_nulls(dict(document), "manifest")
-    return json.dumps(clean, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    text = json.dumps(clean, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        raise ManifestError(
+            "the manifest holds a lone surrogate, which UTF-8 cannot carry"
+        ) from None
 
 
 def _check_fields(document: Mapping[str, Any]) -> None:
@@ -80,10 +87,7 @@ def _check_fields(document: Mapping[str, Any]) -> None:
 
 
 def _check_images(docker_compose: str) -> None:
-    try:
-        compose = yaml.safe_load(docker_compose)
-    except yaml.YAMLError as exc:
-        raise ManifestError(f"docker_compose_file is not YAML: {_yaml_problem(exc)}") from None
+    compose = _load_yaml(docker_compose, "docker_compose_file is not YAML")
     services = compose.get("services") if isinstance(compose, dict) else None
     if not isinstance(services, dict) or not services:
         raise ManifestError("docker_compose_file must define a services mapping")
@@ -95,6 +99,35 @@ def _check_images(docker_compose: str) -> None:
             raise ManifestError(
                 f"service {name!r}: image {image!r} is not pinned by digest (NAME@sha256:<64 hex>)"
             )
+
+
+def _load_yaml(text: bytes | str, refusal: str) -> Any:
+    """yaml.safe_load; ManifestError starting with `refusal` when it is not YAML or nests deeper
+    than MAX_DEPTH (PyYAML's composer recurses, and so do the walks after it)."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"{refusal}: {_yaml_problem(exc)}") from None
+    except RecursionError:
+        document = None
+        depth = MAX_DEPTH + 1
+    else:
+        depth = _depth(document)
+    if depth > MAX_DEPTH:
+        raise ManifestError(f"{refusal}: it nests deeper than {MAX_DEPTH} levels")
+    return document
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and mappings nest in `value`, walked without recursion."""
+    deepest, pending = 0, [(value, 0)]
+    while pending:
+        item, level = pending.pop()
+        if isinstance(item, dict | list) and level < MAX_DEPTH + 1:
+            deepest = max(deepest, level + 1)
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
@@ -120,10 +153,7 @@ def parse_images(values: Sequence[str]) -> dict[str, str]:
 
 def render(manifest: bytes, images: Mapping[str, str] | None = None) -> Rendered:
     """Validate a YAML manifest, fill image placeholders, and serialise it canonically."""
-    try:
-        document = yaml.safe_load(manifest)
-    except yaml.YAMLError as exc:
-        raise ManifestError(f"not YAML: {_yaml_problem(exc)}") from None
+    document = _load_yaml(manifest, "not YAML")
     if not isinstance(document, dict):
         raise ManifestError("the manifest must be a YAML mapping of app-compose fields")
     _check_fields(document)

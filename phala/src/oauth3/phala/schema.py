@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
+
+from oauth3.attestation import is_exactly, json_type_name
 
 RUNNERS = ("docker-compose", "nerdctl-compose", "bash")
 SNAPSHOTTERS = ("overlayfs", "stargz")
@@ -73,32 +76,20 @@ HARMLESS_FIELDS = {
 }
 
 
-def _is_bool(value: Any) -> bool:
-    return type(value) is bool
-
-
-def _is_str(value: Any) -> bool:
-    return type(value) is str
-
-
-def _is_int(value: Any) -> bool:
-    return type(value) is int
-
-
 def _str_list(value: Any) -> bool:
-    return type(value) is list and all(_is_str(v) for v in value)
+    return is_exactly(value, list) and all(is_exactly(v, str) for v in value)
 
 
 def _version(value: Any) -> str | None:
-    if _is_int(value):
+    if is_exactly(value, int):
         return None if value in (1, 2) else "a number only for 1 and 2; newer ones a string"
-    if _is_str(value) and re.fullmatch(r"[1-9][0-9]{0,8}", value):
+    if is_exactly(value, str) and re.fullmatch(r"[1-9][0-9]{0,8}", value):
         return None
     return 'a positive integer, or its canonical string (e.g. "3")'
 
 
 def _init_script(value: Any) -> str | None:
-    if _is_str(value) or (_str_list(value) and len(value) <= MAX_INIT_SCRIPTS):
+    if is_exactly(value, str) or (_str_list(value) and len(value) <= MAX_INIT_SCRIPTS):
         return None
     return f"a script or a list of at most {MAX_INIT_SCRIPTS} scripts"
 
@@ -113,13 +104,15 @@ def _allowed_envs(value: Any) -> str | None:
 
 
 def _swap_size(value: Any) -> str | None:
-    if (_is_int(value) and value >= 0) or (_is_str(value) and HUMAN_SIZE.fullmatch(value)):
+    if (is_exactly(value, int) and value >= 0) or (
+        is_exactly(value, str) and HUMAN_SIZE.fullmatch(value)
+    ):
         return None
     return 'a byte count or a size such as "2G"'
 
 
 def _keys_within(value: Any, allowed: set[str]) -> str | None:
-    if type(value) is not dict:
+    if not is_exactly(value, dict):
         return "an object"
     unknown = sorted(set(value) - allowed)
     return f"has unknown key {unknown[0]!r}" if unknown else None
@@ -129,15 +122,15 @@ def _port_policy(value: Any) -> str | None:
     problem = _keys_within(value, {"ports", "restrict_mode"})
     if problem:
         return problem
-    if "restrict_mode" in value and not _is_bool(value["restrict_mode"]):
+    if "restrict_mode" in value and not is_exactly(value["restrict_mode"], bool):
         return "restrict_mode must be true or false"
     ports = value.get("ports", [])
-    if type(ports) is not list:
+    if not is_exactly(ports, list):
         return "ports must be a list"
     for port in ports:
-        if _keys_within(port, {"port", "pp"}) or not _is_int(port.get("port")):
+        if _keys_within(port, {"port", "pp"}) or not is_exactly(port.get("port"), int):
             return "each port is {port: 1-65535, pp: true|false}"
-        if not 0 < port["port"] < 65536 or ("pp" in port and not _is_bool(port["pp"])):
+        if not 0 < port["port"] < 65536 or ("pp" in port and not is_exactly(port["pp"], bool)):
             return "each port is {port: 1-65535, pp: true|false}"
     return None
 
@@ -157,7 +150,7 @@ def _gpu_policy(value: Any) -> str | None:
     if problem:
         return f"gpu_policy {problem}"
     for key, item in value.items():
-        if not (_is_str(item) if key == "rego" else _is_bool(item)):
+        if not (is_exactly(item, str) if key == "rego" else is_exactly(item, bool)):
             return f"gpu_policy.{key} has the wrong type"
     return None
 
@@ -167,10 +160,10 @@ def _requirements(value: Any) -> str | None:
     if problem:
         return problem
     checks: dict[str, Callable[[Any], bool]] = {
-        "os_version": _is_str,
+        "os_version": partial(is_exactly, kind=str),
         "platforms": _str_list,
-        "tdx_measure_acpi_tables": _is_bool,
-        "launch_token_hash": lambda v: _is_str(v) and HEX64.fullmatch(v) is not None,
+        "tdx_measure_acpi_tables": partial(is_exactly, kind=bool),
+        "launch_token_hash": lambda v: is_exactly(v, str) and HEX64.fullmatch(v) is not None,
     }
     for key, check in checks.items():
         if key in value and not check(value[key]):
@@ -179,14 +172,19 @@ def _requirements(value: Any) -> str | None:
 
 
 def _verity_volumes(value: Any) -> str | None:
-    if type(value) is not list:
+    if not is_exactly(value, list):
         return "a list"
     targets = set()
     for volume in value:
         if _keys_within(volume, {"source", "verity_root", "target"}) or len(volume) != 3:
             return "each volume is exactly {source, verity_root, target}"
         source, root, target = volume["source"], volume["verity_root"], volume["target"]
-        if not (_is_str(source) and _is_str(root) and HEX64.fullmatch(root) and _is_str(target)):
+        if not (
+            is_exactly(source, str)
+            and is_exactly(root, str)
+            and HEX64.fullmatch(root)
+            and is_exactly(target, str)
+        ):
             return "source and target are strings, verity_root 64 hex digits"
         if not target.startswith("/") or target in targets:
             return f"target {target!r} must be absolute and used once"
@@ -195,7 +193,11 @@ def _verity_volumes(value: Any) -> str | None:
 
 
 def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str | None]:
-    return lambda v: None if _is_str(v) and v in choices else f"one of {', '.join(choices)}"
+    return lambda v: None if is_exactly(v, str) and v in choices else f"one of {', '.join(choices)}"
+
+
+def _of_type(kind: type) -> Callable[[Any], str | None]:
+    return lambda v: None if is_exactly(v, kind) else json_type_name(kind)
 
 
 def _typed(check: Callable[[Any], bool], what: str) -> Callable[[Any], str | None]:
@@ -204,27 +206,28 @@ def _typed(check: Callable[[Any], bool], what: str) -> Callable[[Any], str | Non
 
 VALIDATORS: Mapping[str, Callable[[Any], str | None]] = {
     "manifest_version": _version,
-    "name": _typed(_is_str, "a string"),
+    "name": _of_type(str),
     "features": _typed(_str_list, "a list of strings"),
     "runner": _one_of(RUNNERS),
     "snapshotter": _one_of(SNAPSHOTTERS),
-    "docker_compose_file": _typed(_is_str, "a string"),
-    "bash_script": _typed(_is_str, "a string"),
+    "docker_compose_file": _of_type(str),
+    "bash_script": _of_type(str),
     "init_script": _init_script,
-    "pre_launch_script": _typed(_is_str, "a string"),
-    **{name: _typed(_is_bool, "true or false") for name in BOOLEAN_DEFAULTS},
+    "pre_launch_script": _of_type(str),
+    **{name: _of_type(bool) for name in BOOLEAN_DEFAULTS},
     "key_provider": _one_of(KEY_PROVIDERS),
     "key_provider_id": _typed(
-        lambda v: _is_str(v) and re.fullmatch(r"(0x)?([0-9a-fA-F]{2})*", v) is not None, "hex"
+        lambda v: is_exactly(v, str) and re.fullmatch(r"(0x)?([0-9a-fA-F]{2})*", v) is not None,
+        "hex",
     ),
     "allowed_envs": _allowed_envs,
-    "storage_fs": _typed(_is_str, "a string"),
+    "storage_fs": _of_type(str),
     "swap_size": _swap_size,
-    "event_log_version": _typed(lambda v: _is_int(v) and v in (1, 2), "1 or 2"),
+    "event_log_version": _typed(lambda v: is_exactly(v, int) and v in (1, 2), "1 or 2"),
     "port_policy": _port_policy,
     "requirements": _requirements,
     "verity_volumes": _verity_volumes,
-    "docker_config": _typed(lambda v: type(v) is dict, "an object"),
+    "docker_config": _of_type(dict),
 }
 
 
@@ -240,7 +243,7 @@ def _cross_field_problems(document: Mapping[str, Any]) -> list[str]:
         problems.append("runner bash needs bash_script")
     if "snapshotter" in document and runner != "nerdctl-compose":
         problems.append("snapshotter is only for runner nerdctl-compose")
-    if "requirements" in document and not _is_str(document.get("manifest_version")):
+    if "requirements" in document and not is_exactly(document.get("manifest_version"), str):
         problems.append(
             'requirements need a string manifest_version (e.g. "3"), so older guests fail closed'
         )

@@ -20,10 +20,13 @@ dstack's builder makes for these files.
 Each input mode is one function from the parsed arguments to a `Measured`, chosen in `SOURCES`;
 a new mode (such as one reading image files) adds its flags to the `source` group and an entry.
 
-Exit codes: 0 printed; 2 usage or unreadable input (one line on stderr); 3 the input is read but
-the registers cannot be computed from it (no document, a refused memory size or QEMU version, no
-named ACPI events, a document that does not bind to its os_image_hash, an image file that is
-malformed or differs from its sha256sum.txt, `--policy-entry` without the ACPI pins).
+Exit codes: 0 printed; 2 usage, an unreadable input, one over its size bound, or JSON input that
+is not strict JSON (duplicate keys, NaN, nesting past 64 levels), and any fault of this program;
+3 the input is read but the registers cannot be computed from it (no document, a refused memory
+size or QEMU version, no named ACPI events, a document that does not bind to its os_image_hash, an
+image file that is malformed or differs from its sha256sum.txt, `--policy-entry` without the ACPI
+pins). Every failure is one escaped line on stderr, made in `run` alone; under `--json` stdout
+also gets `{"verdict": "ERROR", "exit_code": N, "error": LINE}`, oauth3-verify's error shape.
 """
 
 from __future__ import annotations
@@ -34,11 +37,9 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
-import orjson
-
-from oauth3.attestation import AttestationError, load_evidence, parse_event_log
+from oauth3.attestation import AttestationError, load_evidence, parse_event_log, parse_strict_json
 from oauth3.attestation.dstack_os import release_for
 from oauth3.attestation.measurement_document import MEASUREMENT_FILE, document_from_vm_config
 from oauth3.attestation.os_image import (
@@ -57,15 +58,54 @@ from oauth3.attestation.tdx_registers import (
     shape_from_vm_config,
 )
 
-from .commandline import OneLineParser, fail, read_input
+from .commandline import USAGE_ERROR, InputTooLarge, OneLineParser, read_input_bytes
 from .files import write_atomically
+from .output import json_text, printable
+from .policy import toml_string
 
+PROG = "oauth3-measure"
 EXIT_CANNOT_COMPUTE = 3
 REGISTERS = ("mrtd", "rtmr0", "rtmr1", "rtmr2")
+MAX_JSON_INPUT = 8 << 20  # a GetQuote answer, vm_config or event log is kilobytes
 
 
-class CannotMeasure(Exception):
+class MeasureError(Exception):
+    """A refusal: one line for stderr and its documented exit code."""
+
+    code = USAGE_ERROR
+
+
+class CannotMeasure(MeasureError):
     """The input is readable but does not determine the registers (exit 3)."""
+
+    code = EXIT_CANNOT_COMPUTE
+
+
+class _Parser(OneLineParser):
+    """Argument errors become a MeasureError, so `run` alone prints them (and answers --json)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Raise MeasureError("error: message")."""
+        raise MeasureError(f"error: {message}")
+
+
+def read_input(path: str, limit: int | None = None) -> bytes:
+    """A file's (or stdin's, for `-`) bytes; MeasureError when it cannot be read or holds more
+    than `limit` bytes (the client tools' MAX_INPUT when None)."""
+    try:
+        data = read_input_bytes(path)
+    except (OSError, InputTooLarge) as exc:
+        raise MeasureError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if limit is not None and len(data) > limit:
+        raise MeasureError(f"cannot read {path}: larger than {limit} bytes")
+    return data
+
+
+def _strict(data: bytes | str, what: str, error: type[MeasureError] = MeasureError) -> Any:
+    try:
+        return parse_strict_json(data)
+    except AttestationError as exc:
+        raise error(f"{what}: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +128,8 @@ class Measured:
                 f"a [[platform]] entry needs {', '.join(missing)}: pin --acpi-loader, --acpi-rsdp "
                 "and --acpi-tables (only dstack's patched QEMU generates the ACPI tables)"
             )
-        name = str(self.facts.get("label", "computed by oauth3-measure"))
-        escaped = name.replace("\\", "\\\\").replace('"', '\\"')
-        lines = ["[[platform]]", f'name = "{escaped}"']
+        name = printable(str(self.facts.get("label", "computed by oauth3-measure")))
+        lines = ["[[platform]]", f"name = {toml_string(name)}"]
         lines += [f'{k} = "{_hex(self.registers[k])}"' for k in REGISTERS]
         return "\n".join(lines) + "\n"
 
@@ -130,40 +169,28 @@ def measure_lite(vm_config: Any, event_log: str) -> Measured:
     return Measured(registers.as_dict(), facts)
 
 
-def _json_file(path: str, what: str) -> Any:
-    try:
-        return orjson.loads(read_input(path))
-    except orjson.JSONDecodeError:
-        fail(f"oauth3-measure: {what} {path} is not JSON")
-
-
 def _from_dstack_quote(args: argparse.Namespace) -> Measured:
     try:
-        loaded = load_evidence(read_input(args.dstack_quote))
+        loaded = load_evidence(read_input(args.dstack_quote, MAX_JSON_INPUT))
     except AttestationError as exc:
-        fail(f"oauth3-measure: {args.dstack_quote}: {exc}")
+        raise MeasureError(f"{args.dstack_quote}: {exc}") from None
     document = loaded.document or {}
     text = document.get("vm_config")
     if not isinstance(text, str) or loaded.event_log is None:
         raise CannotMeasure(f"{args.dstack_quote} carries no vm_config and event log")
-    try:
-        vm_config = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        raise CannotMeasure(f"{args.dstack_quote}: its vm_config is not JSON") from None
+    vm_config = _strict(text, f"{args.dstack_quote}: its vm_config", CannotMeasure)
     return measure_lite(vm_config, loaded.event_log)
 
 
 def _from_vm_config(args: argparse.Namespace) -> Measured:
     if args.event_log is None:
-        fail("oauth3-measure: error: --vm-config needs --event-log FILE (for the ACPI digests)")
-    vm_config = _json_file(args.vm_config, "vm_config")
+        raise MeasureError("error: --vm-config needs --event-log FILE (for the ACPI digests)")
+    vm_config = _strict(read_input(args.vm_config, MAX_JSON_INPUT), f"vm_config {args.vm_config}")
     if isinstance(vm_config, str):  # a vm_config as GetQuote carries it: JSON text in a string
-        try:
-            vm_config = orjson.loads(vm_config)
-        except orjson.JSONDecodeError:
-            fail(f"oauth3-measure: vm_config {args.vm_config} holds a string that is not JSON")
-    log = read_input(args.event_log).decode("utf-8", "replace")
-    return measure_lite(vm_config, log)
+        vm_config = _strict(vm_config, f"the string in vm_config {args.vm_config}")
+    log = read_input(args.event_log, MAX_JSON_INPUT)
+    _strict(log, f"event log {args.event_log}")  # a file that is no JSON is exit 2, as vm_config
+    return measure_lite(vm_config, log.decode())
 
 
 _SIZE = re.compile(r"(\d+)\s*([KMGT]?)(?:i?B)?", re.IGNORECASE)
@@ -200,7 +227,7 @@ def _acpi_pins(args: argparse.Namespace) -> AcpiDigests | None:
     if all(p is None for p in pins):
         return None
     if any(p is None for p in pins):
-        fail("oauth3-measure: error: --acpi-loader, --acpi-rsdp and --acpi-tables go together")
+        raise MeasureError("error: --acpi-loader, --acpi-rsdp and --acpi-tables go together")
     return AcpiDigests(*pins, "pinned on the command line (ACPI contents not verified)")
 
 
@@ -245,7 +272,7 @@ def _release_facts(directory: Path, files: ImageFiles, cbor: bytes | None) -> di
 
 def _from_image_dir(args: argparse.Namespace) -> Measured:
     if args.cpus is None or args.memory is None:
-        fail("oauth3-measure: error: --image-dir needs --cpus N and --memory SIZE")
+        raise MeasureError("error: --image-dir needs --cpus N and --memory SIZE")
     acpi = _acpi_pins(args)
     directory = Path(args.image_dir)
     files = _image_files(directory)
@@ -266,7 +293,9 @@ def _from_image_dir(args: argparse.Namespace) -> Measured:
         try:
             write_atomically(Path(args.write_measurement), cbor)
         except OSError as exc:
-            fail(f"oauth3-measure: cannot write {args.write_measurement}: {exc.strerror or exc}")
+            raise MeasureError(
+                f"cannot write {args.write_measurement}: {exc.strerror or exc}"
+            ) from None
     name = facts["release"] or files.metadata.version or directory.name
     label = f"{name}, {args.cpus} vCPU, {shape.memory_size // 2**20} MiB"
     acpi_fact = ACPI_NOT_PINNED if acpi is None else acpi.as_json()
@@ -285,8 +314,8 @@ SOURCES: dict[str, tuple[str, Callable[[argparse.Namespace], Measured]]] = {
 
 def build_parser() -> argparse.ArgumentParser:
     """oauth3-measure's arguments; modes are mutually exclusive in the `source` group."""
-    parser = OneLineParser(
-        prog="oauth3-measure",
+    parser = _Parser(
+        prog=PROG,
         description="Print the MRTD and RTMR0-2 a dstack OS release boots to.",
         allow_abbrev=False,
     )
@@ -333,28 +362,45 @@ def render_text(measured: Measured) -> str:
             ]
         elif key != "label":
             lines.append(f"{key:<16}{value}")
-    return "\n".join(lines) + "\n"
+    return "".join(printable(line) + "\n" for line in lines)
+
+
+def _measure(argv: list[str] | None) -> str:
+    """The text to print for `argv`; MeasureError (or anything else, a bug) when there is none."""
+    args = build_parser().parse_args(argv)
+    if args.event_log is not None and args.vm_config is None:
+        raise MeasureError("error: --event-log applies to --vm-config only")
+    _check_image_options(args)
+    mode = next(m for m, (dest, _) in SOURCES.items() if getattr(args, dest, None) is not None)
+    measured = SOURCES[mode][1](args)
+    if args.json:
+        return json_text(measured.as_json()) + "\n"
+    return measured.policy_entry() if args.policy_entry else render_text(measured)
 
 
 def run(argv: list[str] | None = None, out: TextIO | None = None) -> int:
-    """Parse, measure, print; returns the exit code (usage errors exit 2 via SystemExit)."""
+    """Parse, measure, print; return the exit code. The one place a failure of any kind becomes
+    one escaped line on stderr, its documented code and, under --json, an ERROR object."""
     out = out or sys.stdout
-    args = build_parser().parse_args(argv)
-    if args.event_log is not None and args.vm_config is None:
-        fail("oauth3-measure: error: --event-log applies to --vm-config only")
-    _check_image_options(args)
-    mode = next(m for m, (dest, _) in SOURCES.items() if getattr(args, dest, None) is not None)
+    words = argv if argv is not None else sys.argv[1:]
     try:
-        measured = SOURCES[mode][1](args)
-        if args.json:
-            text = orjson.dumps(measured.as_json()).decode() + "\n"
-        else:
-            text = measured.policy_entry() if args.policy_entry else render_text(measured)
-    except CannotMeasure as exc:
-        sys.stderr.write(f"oauth3-measure: cannot compute the registers: {exc}\n")
-        return EXIT_CANNOT_COMPUTE
+        text = _measure(argv)
+    except MeasureError as exc:
+        prefix = "cannot compute the registers: " if isinstance(exc, CannotMeasure) else ""
+        return _error(f"{prefix}{exc}", exc.code, "--json" in words, out)
+    except Exception as exc:
+        problem = f"internal error (a bug: please report it): {type(exc).__name__}: {exc}"
+        return _error(problem, USAGE_ERROR, "--json" in words, out)
     out.write(text)
     return 0
+
+
+def _error(message: str, code: int, as_json: bool, out: TextIO) -> int:
+    line = printable(" ".join(message.split()))
+    sys.stderr.write(f"{PROG}: {line}\n")
+    if as_json:
+        out.write(json_text({"verdict": "ERROR", "exit_code": code, "error": line}) + "\n")
+    return code
 
 
 def _check_image_options(args: argparse.Namespace) -> None:
@@ -362,7 +408,7 @@ def _check_image_options(args: argparse.Namespace) -> None:
     used = [n for n in (*image_only, "write_measurement") if getattr(args, n) is not None]
     if used and args.image_dir is None:
         flag = "--" + used[0].replace("_", "-")
-        fail(f"oauth3-measure: error: {flag} applies to --image-dir only")
+        raise MeasureError(f"error: {flag} applies to --image-dir only")
 
 
 def main() -> None:
