@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase, ReadOnlyDatabase
 
-from oauth3.verifier import cli, inspect
+from oauth3.verifier import cli, inspect_cli
 from oauth3.verifier.verdict import EXIT_CODES
 
 FUZZ_EXAMPLES = 40
@@ -164,7 +164,7 @@ def run_inspect(args: list[str]) -> tuple[int, str, str]:
     """oauth3-inspect ARGS in process: exit code, stdout, stderr."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stderr(err):
-        code = inspect.run(args, out)
+        code = inspect_cli.run(args, out)
     return code, out.getvalue(), err.getvalue()
 
 

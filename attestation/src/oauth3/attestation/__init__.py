@@ -26,7 +26,7 @@ from .eventlog import (
     runtime_event_preimage,
     stripped,
 )
-from .evidence import Evidence, evidence_from_document, load_evidence
+from .evidence import ReceivedQuote, evidence_from_document, load_evidence
 from .quote import Quote, QuoteHeader, SignatureData, TdReport, parse_quote
 from .report_data import (
     LAYOUT,
@@ -52,11 +52,11 @@ __all__ = [
     "BoundReportData",
     "Event",
     "EventLogError",
-    "Evidence",
     "EvidenceError",
     "Quote",
     "QuoteFormatError",
     "QuoteHeader",
+    "ReceivedQuote",
     "Replay",
     "ReportDataError",
     "SignatureData",

@@ -74,7 +74,7 @@ def _encode_into(value: object, out: bytearray, depth: int) -> None:
 def decode(data: bytes) -> CborValue:
     """The one item `data` encodes. CborError (naming the byte offset) for anything outside the
     subset, a non-minimal or indefinite length, a duplicate map key or trailing bytes."""
-    reader = _Reader(bytes(data))
+    reader = _CborReader(bytes(data))
     value = reader.item(0)
     if reader.offset != len(reader.data):
         raise CborError(
@@ -83,7 +83,7 @@ def decode(data: bytes) -> CborValue:
     return value
 
 
-class _Reader:
+class _CborReader:
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.offset = 0

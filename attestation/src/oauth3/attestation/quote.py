@@ -21,7 +21,7 @@ V5_BODY_TD15 = 3
 INTEL_QE_VENDOR_ID = bytes.fromhex("939a7233f79c4ca9940a0db3957f0607")
 
 
-class _Reader:
+class _QuoteReader:
     """Little-endian reader whose every failure is a QuoteFormatError naming the field."""
 
     def __init__(self, data: bytes, offset: int = 0, end: int | None = None) -> None:
@@ -40,11 +40,11 @@ class _Reader:
         self.offset = end
         return chunk
 
-    def sub(self, size: int, what: str) -> _Reader:
+    def sub(self, size: int, what: str) -> _QuoteReader:
         """A reader over the next `size` bytes (offsets stay absolute); self skips past them."""
         start = self.offset
         self.take(size, what)
-        return _Reader(self.data, start, start + size)
+        return _QuoteReader(self.data, start, start + size)
 
     def u16(self, what: str) -> int:
         value: int = struct.unpack("<H", self.take(2, what))[0]
@@ -153,7 +153,7 @@ class Quote:
         return self.body_offset + 520
 
 
-def _parse_header(reader: _Reader) -> QuoteHeader:
+def _parse_header(reader: _QuoteReader) -> QuoteHeader:
     header = QuoteHeader(
         version=reader.u16("header.version"),
         attestation_key_type=reader.u16("header.attestation_key_type"),
@@ -174,7 +174,7 @@ def _parse_header(reader: _Reader) -> QuoteHeader:
     return header
 
 
-def _parse_td_report(reader: _Reader, td15: bool) -> TdReport:
+def _parse_td_report(reader: _QuoteReader, td15: bool) -> TdReport:
     fields = {
         "tee_tcb_svn": reader.take(16, "td_report.tee_tcb_svn"),
         "mr_seam": reader.take(48, "td_report.mr_seam"),
@@ -200,7 +200,7 @@ def _parse_td_report(reader: _Reader, td15: bool) -> TdReport:
     )
 
 
-def _parse_qe_report(r: _Reader) -> QeReport:
+def _parse_qe_report(r: _QuoteReader) -> QeReport:
     raw = r.data[r.offset : r.end]
     cpu_svn = r.take(16, "qe_report.cpu_svn")
     misc_select = r.u32("qe_report.misc_select")
@@ -227,7 +227,7 @@ def _parse_qe_report(r: _Reader) -> QeReport:
     )
 
 
-def _parse_signature_data(reader: _Reader) -> SignatureData:
+def _parse_signature_data(reader: _QuoteReader) -> SignatureData:
     length = reader.u32("signature_data.length")
     section = reader.sub(length, "signature_data (declared length)")
     signature = section.take(64, "signature_data.signature")
@@ -260,7 +260,7 @@ def parse_quote(data: bytes) -> Quote:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise QuoteFormatError(f"expected bytes, got {type(data).__name__}")
     raw = bytes(data)
-    reader = _Reader(raw)
+    reader = _QuoteReader(raw)
     header = _parse_header(reader)
     td15 = False
     body_type = V5_BODY_TD10

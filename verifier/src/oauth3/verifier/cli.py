@@ -25,14 +25,15 @@ from oauth3.attestation import AttestationError, load_evidence, parse_nonce
 from oauth3.attestation.tcb import TCB_STATUSES
 
 from . import evidences, evidences_fetch
-from .bundle import LATEST_TIME, Bundle, BundleError, load_bundle, parse_time, save_bundle
-from .collateral import DEFAULT_PCCS_URL, CollateralError, load_collateral
-from .commandline import InputTooLarge, OneLineParser, read_input_bytes
-from .fetch import CollateralSource, FetchError, verify_bundle, verify_evidence, verify_url
+from .bundle import LATEST_TIME, Bundle, load_bundle, parse_time, save_bundle
+from .cli_common import ClientArgumentParser, InputTooLarge, read_input_bytes
+from .collateral import DEFAULT_PCCS_URL, load_collateral
+from .errors import VerifierError
 from .files import write_atomically
 from .http_client import DEFAULT_TIMEOUT
 from .observed import observed_policy_text, written_note
 from .output import json_text, printable, render
+from .pipeline import CollateralSource, verify_bundle, verify_evidence, verify_url
 from .policy import (
     PLATFORM_FIELDS,
     PlatformPin,
@@ -43,7 +44,7 @@ from .policy import (
     merge,
     platform_pin,
 )
-from .steps import Evidence, VerifyOptions
+from .step_basics import Evidence, VerifyOptions
 from .verdict import (
     EXIT_CODES,
     EXIT_NOT_FRESH,
@@ -79,7 +80,7 @@ EPILOG = (
 )
 
 
-class UsageError(Exception):
+class UsageError(VerifierError):
     """The command line or a file it names is unusable (exit code 2, one line)."""
 
 
@@ -92,7 +93,7 @@ class HelpShown(Exception):
     that turns out to be `--help` must not read as a success)."""
 
 
-class _Parser(OneLineParser):
+class _Parser(ClientArgumentParser):
     json_mode = False
 
     def error(self, message: str) -> NoReturn:
@@ -221,7 +222,7 @@ def _parser(*, json_mode: bool = False) -> _Parser:
     return parser
 
 
-def read_input(path: str) -> bytes:
+def _read_named_file(path: str) -> bytes:
     """A file's bytes (stdin for `-`), at most 64 MiB; otherwise a one-line usage error."""
     try:
         return read_input_bytes(path)
@@ -335,7 +336,7 @@ def _check_usage(args: argparse.Namespace) -> None:
 
 def _options(args: argparse.Namespace) -> VerifyOptions:
     policy = _policy(args)
-    root = read_input(args.root_ca) if args.root_ca else None
+    root = _read_named_file(args.root_ca) if args.root_ca else None
     pin = policy.simulated_root_sha256
     if root is not None and pin is not None and hashlib.sha256(root).digest() != pin:
         _usage(f"error: --root-ca is not the root pinned by {policy.source}")
@@ -378,7 +379,7 @@ def _run(argv: list[str] | None, out: TextIO, as_json: bool) -> int:
     args = _parser(json_mode=as_json).parse_args(argv)
     _check_usage(args)
     options = _options(args)
-    collateral = load_collateral(read_input(args.collateral)) if args.collateral else None
+    collateral = load_collateral(_read_named_file(args.collateral)) if args.collateral else None
     source = CollateralSource(
         collateral=collateral,
         pccs_url=args.pccs or DEFAULT_PCCS_URL,
@@ -408,7 +409,7 @@ def _run(argv: list[str] | None, out: TextIO, as_json: bool) -> int:
         shown = f"nonce {nonce.hex()}" if nonce is not None else "no nonce"
         subject = f"{args.url} ({shown})"
     elif args.bundle is not None:
-        bundle: Bundle = load_bundle(read_input(args.bundle))
+        bundle: Bundle = load_bundle(_read_named_file(args.bundle))
         checking = verify_bundle(bundle, options, source, request_timeout=args.timeout)
         verdict, _ = asyncio.run(checking)
         subject = f"bundle {args.bundle} from {bundle.url}"
@@ -417,10 +418,10 @@ def _run(argv: list[str] | None, out: TextIO, as_json: bool) -> int:
             f"account, checked as of {rfc3339(options.at)}; freshness is not established"
         )
     else:
-        loaded = load_evidence(read_input(args.dstack_quote))
+        loaded = load_evidence(_read_named_file(args.dstack_quote))
         event_log = loaded.event_log
         if args.event_log is not None:
-            event_log = read_input(args.event_log).decode("utf-8", "replace")
+            event_log = _read_named_file(args.event_log).decode("utf-8", "replace")
         vm_config = loaded.document.get("vm_config") if loaded.document is not None else None
         evidence = Evidence(
             quote=loaded.quote,
@@ -471,15 +472,7 @@ def run(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         if as_json:
             stream.write(json_text({"verdict": "ERROR", "exit_code": EXIT_USAGE}) + "\n")
         return EXIT_USAGE
-    except (
-        UsageError,
-        BundleError,
-        CollateralError,
-        FetchError,
-        PolicyError,
-        AttestationError,
-        evidences.EvidencesError,
-    ) as exc:
+    except (VerifierError, AttestationError) as exc:  # ours, and a file that is no quote
         return _error(str(exc), as_json, stream)
     except OSError as exc:
         return _error(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), as_json, stream)

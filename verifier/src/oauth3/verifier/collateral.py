@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from oauth3.attestation import AttestationError, parse_strict_json
 
+from .errors import VerifierError
 from .http_client import Answer, HttpFailure, get_capped
 
 # a fact from dcap-qvl and the reference: Phala's public PCCS, the verifier's default
@@ -25,7 +26,7 @@ CERTIFICATION_PATHS = ("/sgx/certification/v4", "/tdx/certification/v4")
 MAX_BODY = 1 << 20
 
 
-class CollateralError(Exception):
+class CollateralError(VerifierError):
     """Collateral could not be read or fetched (an I/O or network error, exit code 2)."""
 
 

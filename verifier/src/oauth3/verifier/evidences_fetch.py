@@ -28,8 +28,8 @@ from .evidences import (
     listed_names,
     read_evidences_dir,
 )
-from .fetch import FetchError
 from .http_client import DEFAULT_TIMEOUT, AnswerTooLarge, HttpFailure, get_capped, web_url
+from .pipeline import FetchError
 
 ATTEMPTS = 3
 

@@ -57,7 +57,7 @@ from oauth3.attestation.tdx_registers import (
     shape_from_vm_config,
 )
 
-from .commandline import OneLineParser, fail, read_input
+from .cli_common import ClientArgumentParser, fail, read_input_or_exit
 from .files import write_atomically
 
 EXIT_CANNOT_COMPUTE = 3
@@ -132,14 +132,14 @@ def measure_lite(vm_config: Any, event_log: str) -> Measured:
 
 def _json_file(path: str, what: str) -> Any:
     try:
-        return orjson.loads(read_input(path))
+        return orjson.loads(read_input_or_exit(path))
     except orjson.JSONDecodeError:
         fail(f"oauth3-measure: {what} {path} is not JSON")
 
 
 def _from_dstack_quote(args: argparse.Namespace) -> Measured:
     try:
-        loaded = load_evidence(read_input(args.dstack_quote))
+        loaded = load_evidence(read_input_or_exit(args.dstack_quote))
     except AttestationError as exc:
         fail(f"oauth3-measure: {args.dstack_quote}: {exc}")
     document = loaded.document or {}
@@ -162,7 +162,7 @@ def _from_vm_config(args: argparse.Namespace) -> Measured:
             vm_config = orjson.loads(vm_config)
         except orjson.JSONDecodeError:
             fail(f"oauth3-measure: vm_config {args.vm_config} holds a string that is not JSON")
-    log = read_input(args.event_log).decode("utf-8", "replace")
+    log = read_input_or_exit(args.event_log).decode("utf-8", "replace")
     return measure_lite(vm_config, log)
 
 
@@ -206,11 +206,11 @@ def _acpi_pins(args: argparse.Namespace) -> AcpiDigests | None:
 
 def _image_files(directory: Path) -> ImageFiles:
     try:
-        metadata = parse_image_metadata(read_input(str(directory / METADATA_FILE)))
+        metadata = parse_image_metadata(read_input_or_exit(str(directory / METADATA_FILE)))
     except AttestationError as exc:
         raise CannotMeasure(str(exc)) from None
     names = (metadata.bios, metadata.kernel, metadata.initrd)
-    firmware, kernel, initrd = (read_input(str(directory / name)) for name in names)
+    firmware, kernel, initrd = (read_input_or_exit(str(directory / name)) for name in names)
     return ImageFiles(metadata, firmware, kernel, initrd)
 
 
@@ -218,11 +218,11 @@ def _release_facts(directory: Path, files: ImageFiles, cbor: bytes | None) -> di
     """os_image_hash and release name from the directory's sha256sum.txt, if it has one, and
     whether our measurement.tdx.cbor equals the one the image ships."""
     shipped = directory / MEASUREMENT_FILE
-    shipped_cbor = read_input(str(shipped)) if shipped.is_file() else None
+    shipped_cbor = read_input_or_exit(str(shipped)) if shipped.is_file() else None
     facts: dict[str, Any] = {"os_image_hash": None, "release": None}
     if (directory / CHECKSUM_FILE).is_file():
         contents = {
-            METADATA_FILE: read_input(str(directory / METADATA_FILE)),
+            METADATA_FILE: read_input_or_exit(str(directory / METADATA_FILE)),
             files.metadata.bios: files.firmware,
             files.metadata.kernel: files.kernel,
             files.metadata.initrd: files.initrd,
@@ -230,7 +230,9 @@ def _release_facts(directory: Path, files: ImageFiles, cbor: bytes | None) -> di
         if shipped_cbor is not None:
             contents[MEASUREMENT_FILE] = shipped_cbor
         try:
-            os_image_hash = check_manifest(read_input(str(directory / CHECKSUM_FILE)), contents)
+            os_image_hash = check_manifest(
+                read_input_or_exit(str(directory / CHECKSUM_FILE)), contents
+            )
         except AttestationError as exc:
             raise CannotMeasure(f"{directory}: {exc}") from None
         release = release_for(os_image_hash)
@@ -285,7 +287,7 @@ SOURCES: dict[str, tuple[str, Callable[[argparse.Namespace], Measured]]] = {
 
 def build_parser() -> argparse.ArgumentParser:
     """oauth3-measure's arguments; modes are mutually exclusive in the `source` group."""
-    parser = OneLineParser(
+    parser = ClientArgumentParser(
         prog="oauth3-measure",
         description="Print the MRTD and RTMR0-2 a dstack OS release boots to.",
         allow_abbrev=False,

@@ -13,14 +13,17 @@ from oauth3.attestation import LAYOUT_V2, AttestationError, parse_quote, parse_s
 
 from .bundle import Bundle, BundleError, evidence_from_bundle
 from .collateral import DEFAULT_PCCS_URL, fetch_collateral, load_collateral, quote_is_readable
+from .errors import VerifierError
 from .http_client import DEFAULT_TIMEOUT, HttpFailure, client_session, get_capped
-from .steps import Evidence, Verdict, VerifyOptions, chain_facts, collateral_identity
-from .steps import verify_evidence as run_steps
+from .intel_checks import chain_facts, collateral_identity
+from .step_basics import Evidence, VerifyOptions
+from .steps import run_steps
+from .verdict import Verdict
 
 MAX_RESPONSE = 1 << 20
 
 
-class FetchError(Exception):
+class FetchError(VerifierError):
     """The service could not be reached or answered with an error (exit code 2)."""
 
 
