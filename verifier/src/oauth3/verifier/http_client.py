@@ -8,10 +8,13 @@ import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import aiohttp
-from multidict import CIMultiDictProxy
 from yarl import URL
+
+if TYPE_CHECKING:
+    import aiohttp
+    from multidict import CIMultiDictProxy
 
 DEFAULT_TIMEOUT = 30.0
 CHUNK = 1 << 16
@@ -111,6 +114,8 @@ async def get_capped(
     """GET `url`, following at most MAX_REDIRECTS redirects within its origin, and read the whole
     body up to `cap` bytes. `on_response` sees each final response before its body is read (its
     connection is still attached). Raises HttpFailure for anything but a complete answer."""
+    import aiohttp  # noqa: PLC0415 - loaded by the paths that go online, not by offline ones
+
     current = web_url(url, "URL")
     for _ in range(MAX_REDIRECTS + 1):
         try:
@@ -131,4 +136,6 @@ async def get_capped(
 
 def client_session(timeout: float) -> aiohttp.ClientSession:
     """A client session whose every request is bounded by `timeout` seconds in total."""
+    import aiohttp  # noqa: PLC0415 - loaded by the paths that go online, not by offline ones
+
     return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-import aiohttp
 import dcap_qvl
 import orjson
 
@@ -19,6 +19,9 @@ from .intel_checks import chain_facts, collateral_identity
 from .step_basics import Evidence, VerifyOptions
 from .steps import run_steps
 from .verdict import Verdict
+
+if TYPE_CHECKING:
+    import aiohttp
 
 MAX_RESPONSE = 1 << 20
 
@@ -86,23 +89,23 @@ def _is_simulator_quote(evidence: Evidence) -> bool:
         return True
 
 
-async def obtain_collateral(
-    session: aiohttp.ClientSession,
+def collateral_at_hand(
     source: CollateralSource,
     evidence: Evidence,
     options: VerifyOptions,
     stored: dict[str, object] | None = None,
-) -> dcap_qvl.QuoteCollateralV3 | None:
-    """The collateral to verify with: file, then a named PCCS, then `stored`, then the default."""
+) -> tuple[bool, dcap_qvl.QuoteCollateralV3 | None]:
+    """(True, what to verify with) when no PCCS needs asking: none needed, a file, or `stored`
+    (unless a PCCS was named); (False, None) when the PCCS must be asked."""
     if options.skip_dcap or not quote_is_readable(evidence.quote):
-        return None  # an unreadable quote fails its own step, whatever the other options
+        return True, None  # an unreadable quote fails its own step, whatever the other options
     if not options.allow_simulated and _is_simulator_quote(evidence):
-        return None  # it fails the simulated step whatever the collateral; ask no PCCS for it
+        return True, None  # it fails the simulated step whatever the collateral; ask no PCCS
     if source.collateral is not None:
-        return source.collateral
+        return True, source.collateral
     if stored is not None and not source.pccs_given:
-        return load_collateral(orjson.dumps(stored))
-    return await fetch_collateral(session, source.pccs_url, evidence.quote)
+        return True, load_collateral(orjson.dumps(stored))
+    return False, None
 
 
 async def verify_evidence(
@@ -115,8 +118,10 @@ async def verify_evidence(
 ) -> tuple[Verdict, dcap_qvl.QuoteCollateralV3 | None]:
     """Obtain collateral for the evidence, then run the steps; returns the verdict and the
     collateral it used. Raises CollateralError on network or format problems (exit code 2)."""
-    async with client_session(request_timeout) as session:
-        collateral = await obtain_collateral(session, source, evidence, options, stored)
+    settled, collateral = collateral_at_hand(source, evidence, options, stored)
+    if not settled:  # only then the HTTP client: offline paths never load it
+        async with client_session(request_timeout) as session:
+            collateral = await fetch_collateral(session, source.pccs_url, evidence.quote)
     return run_steps(evidence, options, collateral), collateral
 
 
@@ -166,8 +171,8 @@ __all__ = [
     "BundleError",
     "CollateralSource",
     "FetchError",
+    "collateral_at_hand",
     "fetch_evidence",
-    "obtain_collateral",
     "verify_bundle",
     "verify_evidence",
     "verify_url",
