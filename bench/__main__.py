@@ -27,8 +27,10 @@ import aiohttp
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
+from oauth3.attestation.report_data import report_data_for
 from oauth3.simulator.devstack import Child, StackPaths, start_stack, stop_all
 
+from . import startup
 from .loadgen import Samples, closed_loop, getter, percentile
 from .profile import py_spy, start_recording, summarise
 from .report import (
@@ -43,6 +45,7 @@ from .report import (
     machine_facts,
     render,
 )
+from .startup import B6
 from .wrk import LoadStats, ensure_wrk, nonce_requests, run_wrk, wrk_version
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,7 +58,7 @@ OVERLOAD_CONCURRENCY = 128
 BATCH_CONCURRENCY = 256
 CLIENT_TIMEOUT_S = 10
 START_TIMEOUT_S = 30
-PARTS = ("B1", "B2", "B3", "B4", "B7")
+PARTS = ("B1", "B2", "B3", "B4", "B6", "B7")
 TRACE_SEGMENTS = (
     "client to service and back (TCP, HTTP parsing, outside the service's handler)",
     "service around its sidecar call (unix hop both ways, quote checks, body)",
@@ -74,10 +77,15 @@ class Plan:
     warmup_seconds: int
     latency_pairs: int
     verify_repeats: int
+    startup_rounds: int
 
 
-FULL = Plan(runs=3, run_seconds=5, warmup_seconds=2, latency_pairs=40, verify_repeats=30)
-QUICK = Plan(runs=1, run_seconds=2, warmup_seconds=1, latency_pairs=15, verify_repeats=5)
+FULL = Plan(
+    runs=3, run_seconds=5, warmup_seconds=2, latency_pairs=40, verify_repeats=30, startup_rounds=15
+)
+QUICK = Plan(
+    runs=1, run_seconds=2, warmup_seconds=1, latency_pairs=15, verify_repeats=5, startup_rounds=5
+)
 
 
 def free_port() -> int:
@@ -213,7 +221,7 @@ async def _agent_session(agent_socket: Path) -> aiohttp.ClientSession:
 
 
 async def _direct_quote(agent: aiohttp.ClientSession, digest: bytes) -> int:
-    payload = {"report_data": (digest + secrets.token_bytes(32)).hex()}
+    payload = {"report_data": report_data_for(digest, secrets.token_bytes(32)).hex()}
     async with agent.post("http://dstack/GetQuote", json=payload) as response:
         await response.read()
         return response.status
@@ -357,12 +365,14 @@ def bench_batched(
     return result
 
 
-def bench_verifier(base: str, dcap: Path, run_dir: Path, env: dict[str, str], plan: Plan) -> B4:
-    """B4: `oauth3-verify --bundle` in-process (repeated) and as a process, plus bare start-up."""
-    from oauth3.verifier.cli import run  # noqa: PLC0415 - only B4 needs the verifier
-
+def bundle_args(base: str, dcap: Path, run_dir: Path, env: dict[str, str]) -> list[str] | str:
+    """Save a bundle from the running service (once per run); the `oauth3-verify` arguments that
+    verify it offline, or why there is none."""
     bundle = run_dir / "bundle.json"
     root = dcap / "root-ca.der"
+    args = ["--bundle", str(bundle), "--allow-simulated", "--root-ca", str(root), "--json"]
+    if bundle.exists():
+        return args
     fetch_args = [base, "--allow-simulated", "--root-ca", str(root)]
     fetch_args += ["--collateral", str(dcap / "collateral.json"), "--save-bundle", str(bundle)]
     saved = subprocess.run(  # noqa: S603 - our own interpreter and module
@@ -374,8 +384,25 @@ def bench_verifier(base: str, dcap: Path, run_dir: Path, env: dict[str, str], pl
         timeout=60,
     )
     if not bundle.exists():
-        return B4(error=f"could not save a bundle (exit {saved.returncode})")
-    args = ["--bundle", str(bundle), "--allow-simulated", "--root-ca", str(root), "--json"]
+        return f"could not save a bundle (exit {saved.returncode})"
+    return args
+
+
+def bench_startup(base: str, dcap: Path, run_dir: Path, env: dict[str, str], plan: Plan) -> B6:
+    """B6: `oauth3-verify --bundle` and `--help` as whole processes, against bare start-up."""
+    args = bundle_args(base, dcap, run_dir, env)
+    if isinstance(args, str):
+        return B6(error=args)
+    return startup.measure(args, env, REPO, plan.startup_rounds)
+
+
+def bench_verifier(base: str, dcap: Path, run_dir: Path, env: dict[str, str], plan: Plan) -> B4:
+    """B4: `oauth3-verify --bundle` in-process (repeated) and as a process, plus bare start-up."""
+    from oauth3.verifier.cli import run  # noqa: PLC0415 - only B4 needs the verifier
+
+    args = bundle_args(base, dcap, run_dir, env)
+    if isinstance(args, str):
+        return B4(error=args)
     codes = set()
     in_process = []
     for repeat in range(plan.verify_repeats + 3):
@@ -478,7 +505,7 @@ def git_commit() -> str:
 
 
 def run_all(results: Results, driver: Driver, run_dir: Path, parts: set[str]) -> None:
-    """Start the stack and the baselines, then the chosen parts of B1-B4 in order (B5 always)."""
+    """Start the stack and the baselines, then the chosen parts in order (B5 always)."""
     plan = driver.plan
     paths = StackPaths(run_dir)
     port, metrics_port = free_port(), free_port()
@@ -519,6 +546,9 @@ def run_all(results: Results, driver: Driver, run_dir: Path, parts: set[str]) ->
         if "B4" in parts:
             step("B4 oauth3-verify --bundle")
             results.b4 = bench_verifier(base, paths.dcap_dir, run_dir, env, plan)
+        if "B6" in parts:
+            step("B6 oauth3-verify as a whole process")
+            results.b6 = bench_startup(base, paths.dcap_dir, run_dir, env, plan)
         if "B7" in parts:
             step("B7 fresh attestations, v1 and batched")
             digest = hashlib.sha256(info).digest()
@@ -640,7 +670,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ),
         epilog=(
             "B1 GET /info throughput, B2 cached GET /attestation throughput, B3 the nonce "
-            "path (added latency, throughput, overload), B4 oauth3-verify --bundle, B7 fresh "
+            "path (added latency, throughput, overload), B4 oauth3-verify --bundle, B6 "
+            "oauth3-verify --bundle and --help as whole processes against bare python, B7 fresh "
             "attestations batched (oauth3/v2) against one quote per client; B5 "
             "(memory) is read after B1-B3. Loads go to 127.0.0.1 only. wrk is used "
             "when installed (installed with apt-get when running as root), else an aiohttp "
@@ -717,6 +748,7 @@ def main(argv: list[str] | None = None) -> None:
         "B3 throughput concurrency": NONCE_CONCURRENCY,
         "B3 overload concurrency": f"{OVERLOAD_CONCURRENCY} (sidecar queue bound 16 + 1 quoting)",
         "B4 in-process repeats": plan.verify_repeats,
+        "B6 rounds (bare, --help, --bundle interleaved)": plan.startup_rounds,
         "B7 concurrency": f"{BATCH_CONCURRENCY} (wrk, a fresh random nonce per request)",
     }
     results.wall_seconds = time.monotonic() - began

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import hashlib
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
 import orjson
 from aiohttp import web
 
+from oauth3.attestation.report_data import info_digest, report_data_for
+from oauth3.attestation.response import QuotedEvidence, v1_body
 from oauth3.runtime.serve import serve
 
 AGENT = web.AppKey("agent", aiohttp.ClientSession)
@@ -21,7 +20,7 @@ AGENT = web.AppKey("agent", aiohttp.ClientSession)
 
 def naive_app(agent_socket: Path, info: bytes) -> web.Application:
     """GET /attestation: one GetQuote straight to the agent socket per request."""
-    report_data = (hashlib.sha256(info).digest() + bytes(32)).hex()
+    report_data = report_data_for(info_digest(info))
 
     async def agent_session(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.UnixConnector(path=str(agent_socket), keepalive_timeout=5)
@@ -30,17 +29,13 @@ def naive_app(agent_socket: Path, info: bytes) -> web.Application:
             yield
 
     async def get_attestation(request: web.Request) -> web.Response:
-        payload = {"report_data": report_data}
+        payload = {"report_data": report_data.hex()}
         async with request.app[AGENT].post("http://dstack/GetQuote", json=payload) as answer:
             doc = orjson.loads(await answer.read())
-        body = orjson.dumps(
-            {
-                "quote": base64.b64encode(bytes.fromhex(doc["quote"])).decode(),
-                "eventLog": doc["event_log"],
-                "reportData": report_data,
-                "generatedAt": datetime.now(UTC).isoformat(),
-            }
+        evidence = QuotedEvidence(
+            bytes.fromhex(doc["quote"]), doc["event_log"], doc.get("vm_config", "")
         )
+        body = v1_body(evidence, report_data, None)
         return web.Response(body=body, content_type="application/json")
 
     app = web.Application()

@@ -15,6 +15,7 @@ from .loadgen import Samples, percentile
 from .profile import OTHER as PROFILE_OTHER
 from .profile import PARTS as PROFILE_PARTS
 from .profile import Profile
+from .startup import B6, analysis_notes, section, summary_rows
 from .wrk import LoadStats
 
 MIB = 1024
@@ -187,6 +188,7 @@ class Results:
     b2: Comparison | None = None
     b3: B3 | None = None
     b4: B4 | None = None
+    b6: B6 | None = None
     b7: B7 | None = None
     memory: Memory = field(default_factory=Memory)
     metrics: dict[str, float] = field(default_factory=dict)
@@ -315,6 +317,8 @@ def _summary(results: Results) -> tuple[list[str], dict[str, bool]]:
                 median <= 25,
             )
         )
+    if results.b6:
+        rows += summary_rows(results.b6)
     if results.b7 and results.b7.v2:
         b7 = results.b7
         ratio = b7.median_rate(b7.v2) / b7.agent_rate
@@ -617,6 +621,8 @@ def render(results: Results) -> str:
         lines += [*_b3_section(results.b3), ""]
     if results.b4:
         lines += [*_b4_section(results.b4), ""]
+    if results.b6:
+        lines += [*section(results.b6), ""]
     if results.b7:
         lines += [*_b7_section(results.b7), ""]
     lines += ["## B5 memory under load", "", "| role | peak RSS (VmHWM) | RSS at the end |"]
@@ -661,6 +667,8 @@ def analysis(results: Results) -> list[str]:
         lines += _nonce_notes(results.b3)
     if "B5" in missed:
         lines += MEMORY_NOTES
+    if "B6" in missed and results.b6 is not None:
+        lines += analysis_notes(results.b6)
     return lines
 
 
@@ -786,8 +794,9 @@ def _nonce_notes(b3: B3) -> list[str]:
         f"back-off); the stack answered about {rate:,.0f} responses/s, so by Little's law a 503 "
         "waits roughly concurrency / rate on average, and the load generator shares the same two "
         "cores. The service counts its own distinct quotes in flight and answers 503 itself "
-        "above OAUTH3_MAX_PENDING_QUOTES (17, the sidecar's bound), so a rejection costs no "
-        "sidecar hop (p99 of the 503s went from 166 ms to under 50 ms with that change). No "
+        "above the sidecar's bound (OAUTH3_SIDECAR_QUEUE_SIZE + 1 = 17, read from the same "
+        "variable), so a rejection costs no sidecar hop (p99 of the 503s went from 166 ms to "
+        "under 50 ms with that change). No "
         "timeouts and no other 5xx occurred." + spread,
         "",
     ]

@@ -186,6 +186,8 @@ class Harness:
     def service_settings(self, **overrides: Any) -> ServiceSettings:
         values: dict[str, Any] = {
             "sidecar_socket": self.sidecar_settings.socket,
+            "sidecar_queue_size": self.sidecar_settings.queue_size,
+            "metrics_port": 0,
             "quote_timeout": 2.0,
             "ready_timeout": 0.5,
             "cache_refresh_interval": 60.0,

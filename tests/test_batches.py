@@ -16,14 +16,14 @@ from aiohttp.test_utils import TestClient
 
 from oauth3.attestation import parse_quote
 from oauth3.attestation.merkle import MerkleTree, root_from_path
-from oauth3.service.agent import (
+from oauth3.service.app import METRICS, create_app
+from oauth3.service.batches import NonceBatcher
+from oauth3.service.sidecar_client import (
     AgentBadAnswerError,
     AgentQuote,
     AgentTimeoutError,
     AgentUnavailableError,
 )
-from oauth3.service.app import METRICS, create_app
-from oauth3.service.batches import NonceBatcher
 from tests.fakes import Harness, problem
 
 ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
@@ -214,7 +214,7 @@ async def test_answering_a_large_batch_does_not_hold_up_the_next_quote() -> None
     assert woken[-1] == 3  # quote 3 was on its way before the last of the 200 was answered
     agent.release[2].set_result(None)
     quoted, index = await asyncio.wait_for(following, 1)
-    assert (quoted.tree.size, index) == (1, 0)
+    assert (quoted.bodies.tree.size, index) == (1, 0)
     await nonces.close()
 
 
@@ -256,7 +256,7 @@ async def test_a_batch_that_waits_too_long_is_answered_504_and_never_quoted() ->
     await settle()
     agent.release[1].set_result(None)
     quoted, index = await asyncio.wait_for(again, 1)
-    assert (quoted.tree.size, index) == (1, 0)
+    assert (quoted.bodies.tree.size, index) == (1, 0)
     assert [r[32:] for r in agent.requested] == [
         MerkleTree([b"\x01" * 32]).root,
         MerkleTree([b"\x03" * 32]).root,  # the expired batch of b"\x02" was dropped
@@ -274,7 +274,7 @@ async def test_a_client_that_goes_away_leaves_its_batch_intact() -> None:
     await settle()
     agent.release[0].set_result(None)
     quoted, index = await asyncio.wait_for(stays, 1)
-    assert (quoted.tree.size, index) == (2, 0)
+    assert (quoted.bodies.tree.size, index) == (2, 0)
     assert leaves.cancelled()
     await nonces.close()
 

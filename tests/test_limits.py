@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 import pytest
 from aiohttp import web
 
-from oauth3.runtime.httpmw import RequestBookkeeping
+from oauth3.runtime.bookkeeping import RequestBookkeeping
 from oauth3.runtime.serve import Limits, serve
 from tests.fakes import short_socket_dir, unix_session
 from tests.stack import free_port

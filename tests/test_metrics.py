@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from oauth3.runtime.envconfig import ConfigError
+from oauth3.runtime.env_settings import ConfigError
 from oauth3.runtime.metrics import REQUEST_BUCKETS
 from oauth3.service.app import create_app
 from oauth3.service.metrics import ServiceMetrics, checked_sidecar_text
@@ -183,7 +183,16 @@ async def test_agent_errors_counted_by_kind(running: Running, mode: str, kind: s
     assert after.value(name, kind=kind) == before.value(name, kind=kind) + 1
 
 
-async def test_queue_depth_and_queue_rejections(running: Running) -> None:
+async def test_queue_depth_and_queue_rejections(
+    harness: Harness, aiohttp_client: ClientFactory
+) -> None:
+    """The sidecar counts its own rejections: here the service is told of a larger queue than
+    the sidecar has (as when the two are configured apart), so the sidecar is the one refusing."""
+    port = free_port()
+    settings = harness.service_settings(metrics_port=port, sidecar_queue_size=16)
+    client = await aiohttp_client(create_app(settings))
+    running = Running(client, harness, f"http://127.0.0.1:{port}/metrics")
+    assert await running.get("/attestation") == 200
     running.harness.agent.delay = 0.12  # three quotes in a row stay within the 0.5 s timeout
     before = await running.scrape()
     assert before.value("oauth3_sidecar_queue_depth") == 0

@@ -25,8 +25,8 @@ from oauth3.simulator.mockdcap import (
     ROOT_CA_FILE,
     MockDcap,
     MockDcapOptions,
-    create_pccs_app,
 )
+from oauth3.simulator.pccs import create_pccs_app
 from oauth3.simulator.quote import (
     DEFAULT_TD_ATTRIBUTES,
     HEADER_SIZE,

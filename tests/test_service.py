@@ -15,10 +15,12 @@ from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
 from oauth3.attestation import parse_quote
-from oauth3.runtime.envconfig import ConfigError
+from oauth3.runtime.env_settings import ConfigError
 from oauth3.service import app as service_app
 from oauth3.service.app import create_app
 from oauth3.service.settings import ServiceSettings, parse_build_info
+from oauth3.sidecar.app import QuoteGate
+from oauth3.sidecar.settings import SidecarSettings
 from tests.fakes import Harness, problem
 
 NONCE = "5a" * 32
@@ -301,7 +303,8 @@ def test_settings_validation() -> None:
 async def test_service_turns_away_quotes_beyond_its_own_bound(
     harness: Harness, aiohttp_client: ClientFactory
 ) -> None:
-    client = await aiohttp_client(create_app(harness.service_settings(max_pending_quotes=2)))
+    """The service's bound is derived from the sidecar's queue (1 waiting + 1 at the agent)."""
+    client = await aiohttp_client(create_app(harness.service_settings(sidecar_queue_size=1)))
     await body_of(client, "/attestation")
     before = harness.agent.quote_calls()
     harness.agent.delay = 0.2
@@ -329,3 +332,15 @@ async def test_the_service_only_ever_asks_the_sidecar_for_64_bytes(
     for body in bodies:
         assert list(body) == ["report_data"]
         assert len(bytes.fromhex(body["report_data"])) == 64
+
+
+@pytest.mark.parametrize("queue", [None, "1", "4", "10000"])
+def test_the_services_pending_bound_is_what_the_sidecar_holds(queue: str | None) -> None:
+    """Both read the sidecar's queue from one variable; the service turns away what the sidecar
+    would: one at the agent plus the queue."""
+    env = {} if queue is None else {"OAUTH3_SIDECAR_QUEUE_SIZE": queue}
+    sidecar = SidecarSettings.from_env(env)
+    service = ServiceSettings.from_env(env)
+    assert service.sidecar_queue_size == sidecar.queue_size
+    assert service.max_pending_quotes == sidecar.queue_size + 1
+    assert QuoteGate(sidecar.queue_size).capacity == service.max_pending_quotes

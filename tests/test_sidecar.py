@@ -13,7 +13,7 @@ import pytest
 from dstack_sdk import AsyncDstackClient
 from structlog.testing import capture_logs
 
-from oauth3.runtime.envconfig import ConfigError
+from oauth3.runtime.env_settings import ConfigError
 from oauth3.runtime.serve import SocketInUseError, prepare_socket_path
 from oauth3.sidecar.__main__ import healthcheck
 from oauth3.sidecar.app import MAX_AGENT_RESPONSE_BYTES, create_app

@@ -524,8 +524,12 @@ def test_process_refuses_a_regular_file_at_the_socket_path(sock_dir: Path) -> No
     ("args", "env", "needle"),
     [
         (["--fail-rate", "2"], {}, "--fail-rate must be between 0 and 1"),
-        ([], {"OAUTH3_SIM_EVENT_LOG": "bogus"}, "OAUTH3_SIM_EVENT_LOG must be full or stripped"),
-        (["--quote-latency-ms", "soon"], {}, "--quote-latency-ms must be an integer"),
+        (
+            [],
+            {"OAUTH3_SIM_EVENT_LOG": "bogus"},
+            "OAUTH3_SIM_EVENT_LOG must be one of full, stripped",
+        ),
+        (["--quote-latency-ms", "soon"], {}, "--quote-latency-ms must be a number, got 'soon'"),
         (["--app-compose", "/nonexistent/app.json"], {}, "cannot read /nonexistent/app.json"),
         (["--fail-rate", "0.6", "--stall-rate", "0.6"], {}, "must not exceed 1"),
         (["--pccs-port", "70000"], {}, "--pccs-port must be between 0 and 65535"),

@@ -22,7 +22,7 @@ from oauth3.attestation import (
     replay_rtmrs,
 )
 from oauth3.attestation.dstack_os import release_for
-from oauth3.runtime.envconfig import ConfigError
+from oauth3.runtime.env_settings import ConfigError
 from oauth3.simulator.kms import simulated_kms_id
 from oauth3.simulator.mockdcap import MockDcap
 from oauth3.simulator.settings import default_app_compose, from_args, parser

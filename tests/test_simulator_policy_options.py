@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 from oauth3.runtime.cli import OneLineParser
-from oauth3.runtime.envconfig import ConfigError
+from oauth3.runtime.env_settings import ConfigError
 from oauth3.simulator.settings import SimulatorSettings, from_args, parser
 
 
@@ -54,7 +54,11 @@ def test_environment() -> None:
     [
         ({"OAUTH3_SIM_TCB_STATUS": "Fine"}, "OAUTH3_SIM_TCB_STATUS must be one of"),
         ({"OAUTH3_SIM_REVOKED_PCK": "maybe"}, "OAUTH3_SIM_REVOKED_PCK must be 1 or 0"),
-        ({"OAUTH3_SIM_COLLATERAL_VALIDITY_S": "soon"}, "must be an integer"),
+        (
+            {"OAUTH3_SIM_COLLATERAL_VALIDITY_S": "soon"},
+            "OAUTH3_SIM_COLLATERAL_VALIDITY_S must be a number",
+        ),
+        ({"OAUTH3_SIM_COLLATERAL_VALIDITY_S": "0"}, "must be between 1 and"),
     ],
 )
 def test_invalid_values_are_config_errors(env: dict[str, str], message: str) -> None:

@@ -33,8 +33,8 @@ from oauth3.simulator.mockdcap import (
     TCB_EVALUATION_DATA_NUMBER,
     MockDcap,
     MockDcapOptions,
-    create_pccs_app,
 )
+from oauth3.simulator.pccs import create_pccs_app
 from oauth3.simulator.quote import QuoteSigner, build_quote, td_report_body
 from tests.verifycli import pins_for, step, verify, verify_text
 

@@ -10,6 +10,7 @@ from .errors import (
     EvidenceError,
     QuoteFormatError,
     ReportDataError,
+    ResponseError,
 )
 from .eventlog import (
     RUNTIME_EVENT_TYPE,
@@ -33,11 +34,13 @@ from .report_data import (
     LAYOUT_V2,
     LAYOUTS,
     BoundReportData,
+    batch_report_data_for,
     info_digest,
     parse_nonce,
     read_report_data,
     report_data_for,
 )
+from .response import AttestationResponse, parse_response, read_response
 from .rtmr3 import BootRecord, read_boot_record
 from .strict_json import MAX_DEPTH, StrictJSONError, exact, parse_strict_json
 
@@ -48,6 +51,7 @@ __all__ = [
     "MAX_DEPTH",
     "RUNTIME_EVENT_TYPE",
     "AttestationError",
+    "AttestationResponse",
     "BootRecord",
     "BoundReportData",
     "Event",
@@ -59,10 +63,12 @@ __all__ = [
     "ReceivedQuote",
     "Replay",
     "ReportDataError",
+    "ResponseError",
     "SignatureData",
     "StrictJSONError",
     "TdReport",
     "app_id_without_kms",
+    "batch_report_data_for",
     "compare_with_quote",
     "compose_hash",
     "decode_mr_config_id",
@@ -78,9 +84,11 @@ __all__ = [
     "parse_event_log",
     "parse_nonce",
     "parse_quote",
+    "parse_response",
     "parse_strict_json",
     "read_boot_record",
     "read_report_data",
+    "read_response",
     "replay_rtmrs",
     "report_data_for",
     "runtime_event_digest",

@@ -27,6 +27,10 @@ class EvidenceError(AttestationError):
     """A file or document is not any of the evidence shapes we understand."""
 
 
+class ResponseError(AttestationError):
+    """An /attestation response document is malformed; the message names the member."""
+
+
 class CborError(AttestationError):
     """Bytes that are not one well-formed, definite-length, minimally encoded CBOR item."""
 

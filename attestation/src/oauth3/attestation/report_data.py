@@ -1,4 +1,5 @@
-"""The `oauth3/v1` report_data layout: SHA-256 of the /info bytes, then a 32-byte nonce or zeros."""
+"""The report_data layouts: [0:32] is SHA-256 of the /info bytes in both; [32:64] is the client's
+32-byte nonce or zeros (`oauth3/v1`), or the Merkle root over a batch's nonces (`oauth3/v2`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from .errors import ReportDataError
 
 LAYOUT = "oauth3/v1"
 LAYOUT_V2 = "oauth3/v2"  # [32:64] is the Merkle root over a batch's nonces (see merkle.py)
+HASH_SIZE = 32
 LAYOUTS = (LAYOUT, LAYOUT_V2)
 REPORT_DATA_SIZE = 64
 NONCE_SIZE = 32
@@ -18,7 +20,8 @@ _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
 @dataclass(frozen=True, slots=True)
 class BoundReportData:
-    """The two halves of an `oauth3/v1` report_data."""
+    """The two halves of a report_data: `nonce` is the v1 nonce (None when all zero) or the v2
+    batch root."""
 
     info_digest: bytes
     nonce: bytes | None
@@ -48,7 +51,7 @@ def info_digest(info_bytes: bytes) -> bytes:
 
 def report_data_for(digest: bytes, nonce: bytes | None = None) -> bytes:
     """Build the 64 report_data bytes from an /info digest and an optional 32-byte nonce."""
-    if len(digest) != 32:
+    if len(digest) != HASH_SIZE:
         raise ReportDataError(f"info digest must be 32 bytes, got {len(digest)}")
     if nonce is None:
         return digest + bytes(NONCE_SIZE)
@@ -59,11 +62,21 @@ def report_data_for(digest: bytes, nonce: bytes | None = None) -> bytes:
     return digest + nonce
 
 
+def batch_report_data_for(digest: bytes, merkle_root: bytes) -> bytes:
+    """Build an `oauth3/v2` report_data: the /info digest, then the batch's Merkle root."""
+    if len(digest) != HASH_SIZE or len(merkle_root) != HASH_SIZE:
+        raise ReportDataError(
+            f"info digest and Merkle root must be {HASH_SIZE} bytes each, "
+            f"got {len(digest)} and {len(merkle_root)}"
+        )
+    return digest + merkle_root
+
+
 def read_report_data(report_data: bytes) -> BoundReportData:
     """Split 64 report_data bytes into the /info digest and the nonce (None when all zero)."""
     if len(report_data) != REPORT_DATA_SIZE:
         raise ReportDataError(
             f"report_data must be {REPORT_DATA_SIZE} bytes, got {len(report_data)}"
         )
-    nonce = report_data[32:]
-    return BoundReportData(info_digest=report_data[:32], nonce=nonce if any(nonce) else None)
+    nonce = report_data[HASH_SIZE:]
+    return BoundReportData(info_digest=report_data[:HASH_SIZE], nonce=nonce if any(nonce) else None)

@@ -11,6 +11,8 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from .env_settings import env_field, integer, number
+
 
 def json_line(fields: dict[str, Any]) -> bytes:
     """Fields as one JSON line (LineBuffer's default renderer)."""
@@ -21,8 +23,18 @@ def json_line(fields: dict[str, Any]) -> bytes:
 class Buffering:
     """How many log lines may wait in memory (1: none) and for how long at most."""
 
-    max_lines: int = 32
-    flush_interval: float = 0.5
+    max_lines: int = env_field(
+        integer(
+            "LOG_BUFFER_LINES",
+            32,
+            1,
+            10_000,
+            "log lines held before a write (1: every line at once)",
+        )
+    )
+    flush_interval: float = env_field(
+        number("LOG_FLUSH_INTERVAL", 0.5, 0.001, 3600, "seconds a buffered log line waits at most")
+    )
 
     @property
     def max_lost_lines(self) -> int:

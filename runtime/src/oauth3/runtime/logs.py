@@ -16,10 +16,12 @@ from typing import Any, BinaryIO
 import orjson
 import structlog
 
+from .env_settings import choice
 from .logbuffer import BufferedLogger, Buffering, LineBuffer
 from .stdlogs import restore_python_output, route_python_output
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+LOG_LEVEL = choice("OAUTH3_LOG_LEVEL", "info", tuple(_LEVELS), "debug, info or warning")
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|PRIVATE_?KEY|CREDENTIAL", re.I)
 REDACTED = "[redacted]"
 MIN_SECRET_LENGTH = 4
@@ -199,6 +201,18 @@ def log_request(log: Any, fields: dict[str, Any]) -> None:
         log.info("request", **fields)
 
 
+def _console_pipeline(
+    shared: list[structlog.types.Processor], redactor: SecretRedactor
+) -> list[structlog.types.Processor]:
+    """Processors for a terminal: readable lines, plain tracebacks, secrets redacted."""
+    return [
+        *shared,
+        structlog.processors.format_exc_info,
+        redactor,
+        structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback),
+    ]
+
+
 def configure_logging(
     level: str = "info",
     *,
@@ -242,12 +256,7 @@ def configure_logging(
             return final_logger
 
     else:
-        processors = [
-            *shared,
-            structlog.processors.format_exc_info,
-            redactor,
-            structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback),
-        ]
+        processors = _console_pipeline(shared, redactor)
         factory = structlog.PrintLoggerFactory(sys.stderr)
         _buffer = _request_lines = None
     level_no = _LEVELS.get(level, logging.INFO)

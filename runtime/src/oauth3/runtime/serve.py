@@ -17,6 +17,7 @@ import orjson
 import structlog
 from aiohttp import web
 
+from .env_settings import env_field, integer, number
 from .logs import flush_logs
 
 log = structlog.get_logger("serve")
@@ -45,11 +46,23 @@ class SocketInUseError(RuntimeError):
 class Limits:
     """Connection-level limits: idle/slow-client timeout, header sizes, open connections."""
 
-    keepalive_timeout: float = 15.0
+    keepalive_timeout: float = env_field(
+        number(
+            "KEEPALIVE_TIMEOUT",
+            15.0,
+            0.1,
+            3600,
+            "seconds an idle or slow client's connection stays open",
+        )
+    )
     max_line_size: int = 8190
     max_field_size: int = 8190
     max_headers: int = 64
-    max_connections: int = 1024
+    max_connections: int = env_field(
+        integer(
+            "MAX_CONNECTIONS", 1024, 1, 100_000, "open connections beyond which new ones are closed"
+        )
+    )
 
 
 def prepare_socket_path(path: Path) -> None:

@@ -8,7 +8,7 @@ import os
 import structlog
 
 from oauth3.runtime.cli import OneLineParser, fail
-from oauth3.runtime.envconfig import ConfigError
+from oauth3.runtime.env_settings import ConfigError
 from oauth3.runtime.logs import configure_logging, secrets_from_env
 from oauth3.runtime.serve import serve
 

@@ -15,12 +15,11 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import orjson
-
 from oauth3.attestation.merkle import MerkleTree
-from oauth3.attestation.report_data import LAYOUT_V2
+from oauth3.attestation.report_data import batch_report_data_for
+from oauth3.attestation.response import BatchBodies
 
-from .agent import AgentQuote, AgentTimeoutError, AgentUnavailableError
+from .sidecar_client import AgentQuote, AgentTimeoutError, AgentUnavailableError
 
 # quote the 64 report_data bytes and return the agent's checked answer
 QuoteFetcher = Callable[[bytes, str], Awaitable[AgentQuote]]
@@ -28,22 +27,10 @@ QuoteFetcher = Callable[[bytes, str], Awaitable[AgentQuote]]
 
 @dataclass(frozen=True, slots=True)
 class BatchQuote:
-    """One quoted batch: the tree over its nonces and the response body they all share."""
+    """One quoted batch: its clients' bodies and the agent's answer."""
 
-    tree: MerkleTree
-    common: bytes  # the JSON object without its closing brace, serialised once
+    bodies: BatchBodies
     agent: AgentQuote
-
-    def body(self, nonce: bytes, index: int) -> bytes:
-        """One client's /attestation body: the shared part, its nonce and its inclusion proof."""
-        proof = orjson.dumps(
-            {
-                "leafIndex": index,
-                "batchSize": self.tree.size,
-                "path": [sibling.hex() for sibling in self.tree.path(index)],
-            }
-        )
-        return b'%s,"nonce":"%s","merkle":%s}' % (self.common, nonce.hex().encode(), proof)
 
 
 @dataclass(slots=True)
@@ -54,11 +41,6 @@ class _Batch:
     leaves: dict[bytes, int] = field(default_factory=dict)
     waiters: list[asyncio.Future[BatchQuote]] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
-
-
-def shared_body(answer: AgentQuote, report_data: bytes) -> bytes:
-    """The part of a v2 /attestation body every client of a batch shares (no closing brace)."""
-    return orjson.dumps(answer.attestation_members(LAYOUT_V2, report_data))[:-1]
 
 
 @dataclass(slots=True)
@@ -207,11 +189,11 @@ class NonceBatcher:
 
     async def _quote(self, nonces: list[bytes], request_id: str) -> BatchQuote:
         tree = MerkleTree(nonces)
-        report_data = self._digest + tree.root
+        report_data = batch_report_data_for(self._digest, tree.root)
         answer = await self._fetch(report_data, request_id)
         if self._observe is not None:
             self._observe(len(nonces))
-        return BatchQuote(tree=tree, common=shared_body(answer, report_data), agent=answer)
+        return BatchQuote(BatchBodies.for_batch(answer.evidence, tree, report_data), answer)
 
     async def close(self) -> None:
         """Stop quoting: cancel the runner; waiters of its batch and of the gathering one get

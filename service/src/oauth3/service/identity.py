@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+from oauth3.attestation.report_data import info_digest
 
 APP_NAME = "oauth3"
 
@@ -18,6 +19,8 @@ class InfoDocument:
     body: bytes
     digest: bytes
     etag: str  # a strong ETag: the quoted hex SHA-256 of the body
+    headers: dict[str, str]  # a 304's headers; a 200 adds the Content-Type
+    full_headers: dict[str, str]  # a 200's headers
 
 
 def build_info_document(build_info: dict[str, Any] | None, app_version: str) -> InfoDocument:
@@ -26,5 +29,8 @@ def build_info_document(build_info: dict[str, Any] | None, app_version: str) -> 
         {"build_info": build_info, "name": APP_NAME, "version": app_version},
         option=orjson.OPT_SORT_KEYS,
     )
-    digest = hashlib.sha256(body).digest()
-    return InfoDocument(body=body, digest=digest, etag=f'"{digest.hex()}"')
+    digest = info_digest(body)
+    etag = f'"{digest.hex()}"'
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    full = {"Content-Type": "application/json", **headers}
+    return InfoDocument(body=body, digest=digest, etag=etag, headers=headers, full_headers=full)

@@ -1,14 +1,11 @@
-"""The service's Prometheus figures, and the scraper that appends the sidecar's (fetched over its
-socket, since the sidecar has no network) to them."""
+"""The service's Prometheus figures, and the scraper that appends the sidecar's (fetched through
+the sidecar client, since the sidecar has no network) to them."""
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Callable
-from pathlib import Path
 
-import aiohttp
 import structlog
 from prometheus_client import (
     CollectorRegistry,
@@ -21,10 +18,11 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from oauth3.runtime.bodies import read_capped
 from oauth3.runtime.metrics import AGENT_BUCKETS, REQUEST_BUCKETS, SIDECAR_PREFIX, RequestFigures
 
-MAX_SIDECAR_METRICS_BYTES = 1 << 20
+from .sidecar_client import MAX_ANSWER_BYTES, AgentError, SidecarClient
+
+MAX_SIDECAR_METRICS_BYTES = MAX_ANSWER_BYTES
 QUOTE_OUTCOMES = ("cached", "fresh", "coalesced", "refreshed", "batched", "rejected")
 BATCH_BUCKETS = tuple(float(2**n) for n in range(13))
 
@@ -151,37 +149,29 @@ def checked_sidecar_text(body: bytes) -> bytes | None:
 
 
 class ServiceScraper:
-    """Renders the service's figures followed by the sidecar's, fetched over its socket."""
+    """Renders the service's figures followed by the sidecar's, fetched through the service's
+    sidecar client (whose session the app's sidecar cleanup_ctx opens and closes)."""
 
-    def __init__(self, metrics: ServiceMetrics, sidecar_socket: Path, timeout: float) -> None:
+    def __init__(self, metrics: ServiceMetrics, sidecar: SidecarClient, timeout: float) -> None:
         self._metrics = metrics
-        self._socket = sidecar_socket
+        self._sidecar = sidecar
         self._timeout = timeout
-        self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        """Open the session to the sidecar (connected lazily, at the first scrape)."""
-        connector = aiohttp.UnixConnector(path=str(self._socket), force_close=True)
-        self._session = aiohttp.ClientSession(connector=connector)
+        """Nothing to open: the sidecar client is the app's."""
 
     async def close(self) -> None:
-        """Close the session."""
-        if self._session is not None:
-            await self._session.close()
+        """Nothing to close: the sidecar client is the app's."""
 
     async def _sidecar_text(self) -> bytes | None:
-        assert self._session is not None, "ServiceScraper.start() was not awaited"
         try:
-            async with asyncio.timeout(self._timeout):
-                async with self._session.get("http://sidecar/metrics") as response:
-                    body = await read_capped(response, MAX_SIDECAR_METRICS_BYTES + 1)
-                    status = response.status
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            log.warning("sidecar_metrics_unavailable", detail=str(exc) or type(exc).__name__)
+            body = await self._sidecar.metrics_text(self._timeout)
+        except AgentError as exc:
+            log.warning("sidecar_metrics_unavailable", detail=exc.log_detail or exc.reason)
             return None
-        text = checked_sidecar_text(body) if status == 200 else None
+        text = checked_sidecar_text(body)
         if text is None:
-            log.warning("sidecar_metrics_refused", status=status)
+            log.warning("sidecar_metrics_refused", size=len(body))
         return text
 
     async def render(self) -> bytes:

@@ -7,14 +7,20 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import orjson
 import structlog
 
-from oauth3.attestation import LAYOUT, AttestationError, parse_quote, report_data_for
+from oauth3.attestation import AttestationError, parse_quote, report_data_for
+from oauth3.attestation.response import v1_body
 
-from .agent import AgentBadAnswerError, AgentError, AgentQuote, AgentUnavailableError, SidecarClient
 from .batches import NonceBatcher
 from .metrics import ServiceMetrics
+from .sidecar_client import (
+    AgentBadAnswerError,
+    AgentError,
+    AgentQuote,
+    AgentUnavailableError,
+    SidecarClient,
+)
 
 log = structlog.get_logger("service")
 
@@ -54,13 +60,6 @@ def check_binding(answer: AgentQuote, expected: bytes) -> None:
             "agent's report_data field differs from the request",
             log_detail=f"field has {answer.report_data.hex()}",
         )
-
-
-def attestation_body(answer: AgentQuote, report_data: bytes, nonce: bytes | None) -> bytes:
-    """The oauth3/v1 /attestation JSON (contract 3), serialised once per quote."""
-    members = answer.attestation_members(LAYOUT, report_data)
-    members["nonce"] = nonce.hex() if nonce is not None else None
-    return orjson.dumps(members)
 
 
 class QuoteProvider:
@@ -122,7 +121,7 @@ class QuoteProvider:
         report_data = report_data_for(self._digest, nonce)
         answer = await self.checked_quote(report_data, request_id)
         return ServedQuote(
-            body=attestation_body(answer, report_data, nonce),
+            body=v1_body(answer.evidence, report_data, nonce),
             created=time.monotonic(),
             agent=answer,
         )
@@ -190,7 +189,7 @@ class QuoteProvider:
     async def batched(self, nonce: bytes, request_id: str) -> QuoteOutcome:
         """An oauth3/v2 quote: this nonce joins the next batch; the body carries its proof."""
         quoted, index = await self._batcher.join(nonce, request_id)
-        served = ServedQuote(quoted.body(nonce, index), time.monotonic(), quoted.agent)
+        served = ServedQuote(quoted.bodies.body(nonce, index), time.monotonic(), quoted.agent)
         return QuoteOutcome(served, "batched")
 
     async def close(self) -> None:

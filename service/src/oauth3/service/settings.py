@@ -1,20 +1,29 @@
-"""Service configuration: OAUTH3_* variables read once into a frozen, validated object."""
+"""Service configuration: OAUTH3_* variables, each declared once here, read into a frozen object."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from oauth3.runtime.envconfig import ConfigError, integer, limits, log_buffering, log_level, number
+from oauth3.runtime.env_settings import (
+    ConfigError,
+    Setting,
+    env_field,
+    integer,
+    nested,
+    number,
+    read_settings,
+    text,
+)
 from oauth3.runtime.logbuffer import Buffering
+from oauth3.runtime.logs import LOG_LEVEL
 from oauth3.runtime.serve import Limits
-
-DEFAULT_METRICS_PORT = 9464
+from oauth3.runtime.sidecar_protocol import QUEUE_SIZE, SOCKET, quotes_held
 
 
 def _check_json_value(value: Any, where: str) -> None:
@@ -44,57 +53,78 @@ def parse_build_info(raw: str | None) -> dict[str, Any] | None:
     return value
 
 
+BUILD_INFO: Setting[dict[str, Any] | None] = Setting(
+    "OAUTH3_BUILD_INFO", None, "a JSON object without floats, served in /info", parse_build_info
+)
+
+
 @dataclass(frozen=True, slots=True)
 class ServiceSettings:
     """Everything the service needs; build with `from_env`."""
 
-    host: str = "127.0.0.1"
-    port: int = 8080
-    sidecar_socket: Path = Path("/var/run/oauth3/sidecar.sock")
-    quote_timeout: float = 15.0
-    ready_timeout: float = 2.0
-    cache_refresh_interval: float = 60.0
-    cache_max_age: float = 300.0
-    retry_after: int = 1
-    shutdown_timeout: float = 10.0
-    build_info: dict[str, Any] | None = None
-    log_level: str = "info"
-    log_buffering: Buffering = field(default_factory=Buffering)
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int = 0  # off unless asked for; from_env defaults to DEFAULT_METRICS_PORT
-    limits: Limits = field(default_factory=Limits)
-    max_pending_quotes: int = 17  # the sidecar's default queue (16) plus the quote in the agent
-    max_batch: int = 4096  # distinct nonces in one oauth3/v2 quote
-    batch_wait: float = 30.0  # a batch's wait for its quote, from its first nonce (then 504)
+    host: str = env_field(text("OAUTH3_HOST", "127.0.0.1", "address of the API"))
+    port: int = env_field(integer("OAUTH3_PORT", 8080, 0, 65535, "TCP port of the API"))
+    sidecar_socket: Path = env_field(SOCKET)
+    sidecar_queue_size: int = env_field(QUEUE_SIZE)
+    quote_timeout: float = env_field(
+        number(
+            "OAUTH3_QUOTE_TIMEOUT",
+            15.0,
+            0.01,
+            600,
+            "seconds one quote may take through the sidecar",
+        )
+    )
+    ready_timeout: float = env_field(
+        number("OAUTH3_READY_TIMEOUT", 2.0, 0.01, 60, "seconds /readyz and the metrics scrape wait")
+    )
+    cache_refresh_interval: float = env_field(
+        number("OAUTH3_CACHE_REFRESH_INTERVAL", 60.0, 0.05, 86_400, "seconds between cached quotes")
+    )
+    cache_max_age: float = env_field(
+        number(
+            "OAUTH3_CACHE_MAX_AGE", 300.0, 0.05, 7 * 86_400, "seconds a cached quote may be served"
+        )
+    )
+    retry_after: int = env_field(
+        integer("OAUTH3_RETRY_AFTER", 1, 1, 3600, "Retry-After of a 503 or 504, in seconds")
+    )
+    shutdown_timeout: float = env_field(
+        number(
+            "OAUTH3_SHUTDOWN_TIMEOUT", 10.0, 0, 600, "seconds in-flight requests get at shutdown"
+        )
+    )
+    build_info: dict[str, Any] | None = env_field(BUILD_INFO)
+    log_level: str = env_field(LOG_LEVEL)
+    log_buffering: Buffering = nested(Buffering, "OAUTH3_")
+    metrics_host: str = env_field(text("OAUTH3_METRICS_HOST", "127.0.0.1", "address of /metrics"))
+    metrics_port: int = env_field(
+        integer("OAUTH3_METRICS_PORT", 9464, 0, 65535, "TCP port of /metrics (0: none)")
+    )
+    limits: Limits = nested(Limits, "OAUTH3_")
+    max_batch: int = env_field(
+        integer("OAUTH3_MAX_BATCH", 4096, 1, 1 << 20, "distinct nonces in one oauth3/v2 quote")
+    )
+    batch_wait: float = env_field(
+        number(
+            "OAUTH3_BATCH_WAIT", 30.0, 0.01, 600, "seconds a batch waits for its quote (then 504)"
+        )
+    )
+
+    def __post_init__(self) -> None:
+        if self.cache_max_age < self.cache_refresh_interval:
+            raise ConfigError(
+                "OAUTH3_CACHE_MAX_AGE must be at least OAUTH3_CACHE_REFRESH_INTERVAL "
+                f"({self.cache_max_age:g} < {self.cache_refresh_interval:g})"
+            )
+
+    @property
+    def max_pending_quotes(self) -> int:
+        """Distinct fresh quotes in flight beyond which the service answers 503 itself: as many
+        as the sidecar holds, so a request it would refuse never makes the round trip."""
+        return quotes_held(self.sidecar_queue_size)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
         """Read OAUTH3_* variables; ConfigError names the first invalid one."""
-        env = os.environ if env is None else env
-        refresh = number(env, "OAUTH3_CACHE_REFRESH_INTERVAL", 60.0, 0.05, 86_400)
-        max_age = number(env, "OAUTH3_CACHE_MAX_AGE", 300.0, 0.05, 7 * 86_400)
-        if max_age < refresh:
-            raise ConfigError(
-                "OAUTH3_CACHE_MAX_AGE must be at least OAUTH3_CACHE_REFRESH_INTERVAL "
-                f"({max_age:g} < {refresh:g})"
-            )
-        return cls(
-            host=env.get("OAUTH3_HOST", "127.0.0.1"),
-            port=integer(env, "OAUTH3_PORT", 8080, 0, 65535),
-            sidecar_socket=Path(env.get("OAUTH3_SIDECAR_SOCKET", "/var/run/oauth3/sidecar.sock")),
-            quote_timeout=number(env, "OAUTH3_QUOTE_TIMEOUT", 15.0, 0.01, 600),
-            ready_timeout=number(env, "OAUTH3_READY_TIMEOUT", 2.0, 0.01, 60),
-            cache_refresh_interval=refresh,
-            cache_max_age=max_age,
-            retry_after=integer(env, "OAUTH3_RETRY_AFTER", 1, 1, 3600),
-            shutdown_timeout=number(env, "OAUTH3_SHUTDOWN_TIMEOUT", 10.0, 0, 600),
-            build_info=parse_build_info(env.get("OAUTH3_BUILD_INFO")),
-            log_level=log_level(env),
-            log_buffering=log_buffering(env),
-            limits=limits(env, "OAUTH3_"),
-            max_pending_quotes=integer(env, "OAUTH3_MAX_PENDING_QUOTES", 17, 1, 10_001),
-            max_batch=integer(env, "OAUTH3_MAX_BATCH", 4096, 1, 1 << 20),
-            batch_wait=number(env, "OAUTH3_BATCH_WAIT", 30.0, 0.01, 600),
-            metrics_host=env.get("OAUTH3_METRICS_HOST", "127.0.0.1"),
-            metrics_port=integer(env, "OAUTH3_METRICS_PORT", DEFAULT_METRICS_PORT, 0, 65535),
-        )
+        return read_settings(cls, os.environ if env is None else env)

@@ -9,7 +9,7 @@ import socket
 import structlog
 
 from oauth3.runtime.cli import OneLineParser, fail
-from oauth3.runtime.envconfig import ConfigError
+from oauth3.runtime.env_settings import ConfigError
 from oauth3.runtime.logs import configure_logging, secrets_from_env
 from oauth3.runtime.serve import SocketInUseError, serve
 

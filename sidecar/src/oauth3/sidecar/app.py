@@ -30,16 +30,17 @@ import orjson
 from aiohttp import web
 
 from oauth3.runtime.bodies import read_capped
-from oauth3.runtime.httpmw import (
-    AGENT_MS_HEADER,
-    QUEUE_MS_HEADER,
-    REQUEST_ID,
-    REQUEST_ID_HEADER,
-    RequestBookkeeping,
-    note,
-)
+from oauth3.runtime.bookkeeping import REQUEST_ID, REQUEST_ID_HEADER, RequestBookkeeping, note
 from oauth3.runtime.metrics import exposition
 from oauth3.runtime.problem import Problem
+from oauth3.runtime.sidecar_protocol import (
+    AGENT_MS_HEADER,
+    GET_QUOTE_PATH,
+    INFO_PATH,
+    METRICS_PATH,
+    QUEUE_MS_HEADER,
+    quotes_held,
+)
 
 from .metrics import SidecarMetrics
 from .settings import SidecarSettings
@@ -58,13 +59,13 @@ class QuoteGate:
 
     def __init__(self, queue_size: int) -> None:
         self._lock = asyncio.Lock()
-        self._limit = queue_size + 1
+        self.capacity = quotes_held(queue_size)  # at the agent plus waiting
         self.pending = 0
 
     @asynccontextmanager
     async def turn(self) -> AsyncIterator[None]:
         """Wait for our turn; raise QueueFullError at once when the queue is full."""
-        if self.pending >= self._limit:
+        if self.pending >= self.capacity:
             raise QueueFullError
         self.pending += 1
         try:
@@ -251,10 +252,10 @@ def create_app(settings: SidecarSettings) -> web.Application:
     bookkeeping.add_routes(
         app,
         [
-            web.post("/GetQuote", get_quote),
-            web.post("/Info", info),
+            web.post(GET_QUOTE_PATH, get_quote),
+            web.post(INFO_PATH, info),
             web.get("/healthz", healthz),
-            web.get("/metrics", metrics),
+            web.get(METRICS_PATH, metrics),
         ],
         otherwise=refuse,
     )

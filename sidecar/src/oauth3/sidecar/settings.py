@@ -1,15 +1,26 @@
-"""Sidecar configuration, read once from the environment into a frozen, validated object."""
+"""Sidecar configuration: OAUTH3_SIDECAR_* variables, each declared once (the socket and queue in
+the protocol), read into a frozen object."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from oauth3.runtime.envconfig import file_mode, integer, limits, log_buffering, log_level, number
+from oauth3.runtime.env_settings import (
+    Setting,
+    env_field,
+    file_mode,
+    integer,
+    nested,
+    number,
+    read_settings,
+)
 from oauth3.runtime.logbuffer import Buffering
+from oauth3.runtime.logs import LOG_LEVEL
 from oauth3.runtime.serve import Limits
+from oauth3.runtime.sidecar_protocol import QUEUE_SIZE, SOCKET
 
 # where the official dstack SDKs look for the guest agent, in order (reference §1.5)
 SDK_SOCKET_PATHS = (
@@ -30,37 +41,48 @@ def default_agent_socket(env: Mapping[str, str]) -> Path:
     return Path(SDK_SOCKET_PATHS[0])
 
 
+AGENT_SOCKET = Setting(
+    "OAUTH3_SIDECAR_AGENT_SOCKET",
+    Path(SDK_SOCKET_PATHS[0]),
+    "the guest agent's socket (default: where the dstack SDKs look)",
+    Path,
+    fallback=default_agent_socket,
+)
+
+
 @dataclass(frozen=True, slots=True)
 class SidecarSettings:
     """Everything the sidecar needs; build with `from_env`."""
 
-    socket: Path
-    agent_socket: Path
-    socket_mode: int = 0o660
-    max_body_bytes: int = 4096
-    queue_size: int = 16
-    quote_timeout: float = 10.0
-    info_timeout: float = 5.0
-    retry_after: int = 1
-    log_level: str = "info"
-    log_buffering: Buffering = field(default_factory=Buffering)
-    limits: Limits = field(default_factory=Limits)
+    socket: Path = env_field(SOCKET)
+    agent_socket: Path = env_field(AGENT_SOCKET)
+    socket_mode: int = env_field(
+        file_mode(
+            "OAUTH3_SIDECAR_SOCKET_MODE", 0o660, "permissions of the sidecar's socket, in octal"
+        )
+    )
+    max_body_bytes: int = env_field(
+        integer(
+            "OAUTH3_SIDECAR_MAX_BODY_BYTES", 4096, 256, 1 << 20, "largest request body accepted"
+        )
+    )
+    queue_size: int = env_field(QUEUE_SIZE)
+    quote_timeout: float = env_field(
+        number(
+            "OAUTH3_SIDECAR_QUOTE_TIMEOUT", 10.0, 0.01, 600, "seconds the agent gets for one quote"
+        )
+    )
+    info_timeout: float = env_field(
+        number("OAUTH3_SIDECAR_INFO_TIMEOUT", 5.0, 0.01, 600, "seconds the agent gets for Info")
+    )
+    retry_after: int = env_field(
+        integer("OAUTH3_SIDECAR_RETRY_AFTER", 1, 1, 3600, "Retry-After of a 503 or 504, in seconds")
+    )
+    log_level: str = env_field(LOG_LEVEL)
+    log_buffering: Buffering = nested(Buffering, "OAUTH3_")
+    limits: Limits = nested(Limits, "OAUTH3_SIDECAR_")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SidecarSettings:
         """Read OAUTH3_SIDECAR_* variables; ConfigError names the first invalid one."""
-        env = os.environ if env is None else env
-        agent = env.get("OAUTH3_SIDECAR_AGENT_SOCKET")
-        return cls(
-            socket=Path(env.get("OAUTH3_SIDECAR_SOCKET", "/var/run/oauth3/sidecar.sock")),
-            agent_socket=Path(agent) if agent else default_agent_socket(env),
-            socket_mode=file_mode(env, "OAUTH3_SIDECAR_SOCKET_MODE", 0o660),
-            max_body_bytes=integer(env, "OAUTH3_SIDECAR_MAX_BODY_BYTES", 4096, 256, 1 << 20),
-            queue_size=integer(env, "OAUTH3_SIDECAR_QUEUE_SIZE", 16, 1, 10_000),
-            quote_timeout=number(env, "OAUTH3_SIDECAR_QUOTE_TIMEOUT", 10.0, 0.01, 600),
-            info_timeout=number(env, "OAUTH3_SIDECAR_INFO_TIMEOUT", 5.0, 0.01, 600),
-            retry_after=integer(env, "OAUTH3_SIDECAR_RETRY_AFTER", 1, 1, 3600),
-            log_level=log_level(env),
-            log_buffering=log_buffering(env),
-            limits=limits(env, "OAUTH3_SIDECAR_"),
-        )
+        return read_settings(cls, os.environ if env is None else env)

@@ -6,17 +6,18 @@ import asyncio
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import structlog
 from aiohttp import web
 
 from oauth3.runtime.cli import OneLineParser, fail
-from oauth3.runtime.envconfig import ConfigError
+from oauth3.runtime.env_settings import ConfigError
 from oauth3.runtime.logs import configure_logging, secrets_from_env
 from oauth3.runtime.serve import SocketInUseError, prepare_socket_path, serve
 
 from .app import CVM, DCAP, create_app
-from .mockdcap import create_pccs_app
+from .pccs import create_pccs_app
 from .settings import SimulatorSettings, from_args, parser
 
 PROG = "oauth3-simulator"
@@ -54,6 +55,31 @@ async def _run(app: web.Application, settings: SimulatorSettings) -> None:
             await pccs.cleanup()
 
 
+def _log_start(log: Any, app: web.Application, settings: SimulatorSettings) -> None:
+    """One `starting` line: what this simulated CVM measures and which faults it plays."""
+    cvm = app[CVM]
+    log.info(
+        "starting",
+        socket=str(settings.socket),
+        app_compose=settings.app_compose_source,
+        app_name=cvm.app_name,
+        compose_hash=cvm.compose_hash.hex(),
+        app_id=cvm.app_id.hex(),
+        instance_id=cvm.instance_id.hex(),
+        mr_td=cvm.mr_td.hex(),
+        event_log=settings.event_log,
+        quote_latency_ms=settings.quote_latency_ms,
+        fail_rate=settings.fail_rate,
+        stall_rate=settings.stall_rate,
+        wrong_report_data_rate=settings.wrong_report_data_rate,
+        dcap_dir=str(settings.dcap_dir) if settings.dcap_dir else None,
+        pccs_port=settings.pccs_port or None,
+        attacks=sorted(settings.variant.attacks) or None,
+        emitted_events=[name for name, _ in settings.variant.emitted] or None,
+        runtime_event_version=settings.variant.runtime_event_version,
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `oauth3-simulator` (options override OAUTH3_SIM_* variables)."""
     args = parser(PROG, OneLineParser).parse_args(argv)
@@ -88,27 +114,7 @@ def main(argv: list[str] | None = None) -> None:
                 error=exc.strerror or str(exc),
             )
             raise SystemExit(1) from None
-    cvm = app[CVM]
-    log.info(
-        "starting",
-        socket=str(settings.socket),
-        app_compose=settings.app_compose_source,
-        app_name=cvm.app_name,
-        compose_hash=cvm.compose_hash.hex(),
-        app_id=cvm.app_id.hex(),
-        instance_id=cvm.instance_id.hex(),
-        mr_td=cvm.mr_td.hex(),
-        event_log=settings.event_log,
-        quote_latency_ms=settings.quote_latency_ms,
-        fail_rate=settings.fail_rate,
-        stall_rate=settings.stall_rate,
-        wrong_report_data_rate=settings.wrong_report_data_rate,
-        dcap_dir=str(settings.dcap_dir) if settings.dcap_dir else None,
-        pccs_port=settings.pccs_port or None,
-        attacks=sorted(settings.variant.attacks) or None,
-        emitted_events=[name for name, _ in settings.variant.emitted] or None,
-        runtime_event_version=settings.variant.runtime_event_version,
-    )
+    _log_start(log, app, settings)
     try:
         asyncio.run(_run(app, settings))
     except (SocketInUseError, OSError) as exc:

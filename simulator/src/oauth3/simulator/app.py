@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 
 from oauth3.runtime import package_version
-from oauth3.runtime.httpmw import WELL_FORMED_REQUEST_ID
+from oauth3.runtime.bookkeeping import WELL_FORMED_REQUEST_ID
 from oauth3.runtime.logs import log_request
 
 from .mockdcap import MockDcap

@@ -1,17 +1,16 @@
-"""A simulated Intel DCAP PKI (root, PCK, TCB signing), its collateral and a PCCS, from a seed."""
+"""A simulated Intel DCAP PKI (root, PCK, TCB signing) and its collateral, from a seed (the PCCS
+that serves it is pccs.py)."""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
-import urllib.parse
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -21,6 +20,8 @@ from cryptography.x509.oid import NameOID
 from oauth3.attestation.tcb import TCB_STATUSES, TcbStatus
 from oauth3.simulator.quote import QuoteSigner, raw_ecdsa_signature, sgx_report_body
 
+from .sgx_extension import SGX_EXTENSION_OID, sgx_pck_extension
+
 ROOT_CA_FILE = "root-ca.der"
 COLLATERAL_FILE = "collateral.json"
 
@@ -28,7 +29,6 @@ DEFAULT_FMSPC = bytes.fromhex("B0C06F000000")
 PCE_ID = bytes(2)
 PCK_CPUSVN = bytes.fromhex("03030202040100050000000000000000")
 PCK_PCESVN = 11
-SGX_TYPE_SCALABLE = 1
 TCB_EVALUATION_DATA_NUMBER = 17
 # TCB levels as Intel publishes them for this platform family: SGX components and the TDX
 # components (bytes 0-1 are skipped by verifiers once the module identity covers them)
@@ -46,14 +46,9 @@ QE_AUTH_DATA = bytes(range(32))
 
 BACKDATE = timedelta(days=1)
 CERTIFICATE_LIFETIME = timedelta(days=3650)
-SGX_EXTENSION_OID = "1.2.840.113741.1.13.1"
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 _KDF_SALT = b"oauth3 simulated DCAP PKI v1"
 _ORGANIZATION = "oauth3 simulator - not Intel"
-
-ISSUER_CHAIN_HEADER_PCK_CRL = "SGX-PCK-CRL-Issuer-Chain"
-ISSUER_CHAIN_HEADER_TCB_INFO = "TCB-Info-Issuer-Chain"
-ISSUER_CHAIN_HEADER_QE_IDENTITY = "SGX-Enclave-Identity-Issuer-Chain"
 
 
 @dataclass(frozen=True)
@@ -75,60 +70,6 @@ class MockDcapOptions:
             raise ValueError("validity must be positive")
         if len(self.fmspc) != 6:
             raise ValueError(f"fmspc must be 6 bytes, got {len(self.fmspc)}")
-
-
-def _der(tag: int, content: bytes) -> bytes:
-    size = len(content)
-    if size < 0x80:
-        return bytes([tag, size]) + content
-    size_bytes = size.to_bytes((size.bit_length() + 7) // 8, "big")
-    return bytes([tag, 0x80 | len(size_bytes)]) + size_bytes + content
-
-
-def _base128(value: int) -> bytes:
-    out = [value & 0x7F]
-    while value > 0x7F:
-        value >>= 7
-        out.append(0x80 | (value & 0x7F))
-    return bytes(reversed(out))
-
-
-def _der_oid(dotted: str) -> bytes:
-    arcs = [int(arc) for arc in dotted.split(".")]
-    encoded = b"".join(_base128(arc) for arc in [40 * arcs[0] + arcs[1], *arcs[2:]])
-    return _der(0x06, encoded)
-
-
-def _der_uint(value: int) -> bytes:
-    return _der(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big"))
-
-
-def _sgx_item(sub_oid: str, value: bytes) -> bytes:
-    return _der(0x30, _der_oid(f"{SGX_EXTENSION_OID}.{sub_oid}") + value)
-
-
-def sgx_pck_extension(
-    *, ppid: bytes, cpusvn: bytes, pcesvn: int, pce_id: bytes, fmspc: bytes, platform_id: bytes
-) -> bytes:
-    """DER of Intel's SGX extension (OID 1.2.840.113741.1.13.1) that a PCK certificate carries."""
-    tcb = b"".join(_sgx_item(f"2.{i + 1}", _der_uint(svn)) for i, svn in enumerate(cpusvn))
-    tcb += _sgx_item("2.17", _der_uint(pcesvn)) + _sgx_item("2.18", _der(0x04, cpusvn))
-    false = _der(0x01, b"\x00")
-    configuration = b"".join(_sgx_item(f"7.{i}", false) for i in (1, 2, 3))
-    return _der(
-        0x30,
-        b"".join(
-            [
-                _sgx_item("1", _der(0x04, ppid)),
-                _sgx_item("2", _der(0x30, tcb)),
-                _sgx_item("3", _der(0x04, pce_id)),
-                _sgx_item("4", _der(0x04, fmspc)),
-                _sgx_item("5", _der(0x0A, bytes([SGX_TYPE_SCALABLE]))),
-                _sgx_item("6", _der(0x04, platform_id)),
-                _sgx_item("7", _der(0x30, configuration)),
-            ]
-        ),
-    )
 
 
 class _Derivation:
@@ -255,6 +196,20 @@ def _components(svns: tuple[int, ...]) -> list[dict[str, int]]:
     return [{"svn": svn} for svn in svns]
 
 
+@dataclass(frozen=True, slots=True)
+class _Pki:
+    """The simulated PKI's certificates and the keys that issued them."""
+
+    root: x509.Certificate
+    pck_ca: x509.Certificate
+    pck: x509.Certificate
+    tcb_signing: x509.Certificate
+    root_key: ec.EllipticCurvePrivateKey
+    pck_ca_key: ec.EllipticCurvePrivateKey
+    pck_key: ec.EllipticCurvePrivateKey
+    tcb_key: ec.EllipticCurvePrivateKey
+
+
 class MockDcap:
     """A simulated DCAP PKI and collateral: same (seed, now, options) gives the same bytes.
     Quotes signed by `signer` verify against `root_ca_der` (never Intel's root) at any time t
@@ -271,10 +226,16 @@ class MockDcap:
         self.not_after = self.now + self.options.validity
         self.fmspc = self.options.fmspc
         derive = _Derivation(seed.encode() if isinstance(seed, str) else seed)
+        pki = self._issue_certificates(derive)
+        self._publish_chains_and_crls(pki)
+        qe_mr_signer = derive.bytes("qe-mrsigner", 32)
+        self._sign_collateral(pki.tcb_key, qe_mr_signer)
+        self.signer = self._quote_signer(derive, pki, qe_mr_signer)
 
-        root_key, pck_ca_key, pck_key, tcb_key = (
-            derive.key(label) for label in ("root-ca", "pck-platform-ca", "pck", "tcb-signing")
-        )
+    def _issue_certificates(self, derive: _Derivation) -> _Pki:
+        """The root CA, the PCK platform CA under it, the PCK leaf and the TCB signing cert."""
+        keys = [derive.key(label) for label in ("root-ca", "pck-platform-ca", "pck", "tcb-signing")]
+        root_key, pck_ca_key, pck_key, tcb_key = keys
         root_name = _name("oauth3 SIMULATED SGX Root CA - not Intel")
         pck_ca_name = _name("oauth3 SIMULATED PCK Platform CA - not Intel")
         root = _certificate(
@@ -297,24 +258,7 @@ class MockDcap:
             path_length=0,
             not_before=self.not_before,
         )
-        extension = sgx_pck_extension(
-            ppid=derive.bytes("ppid", 16),
-            cpusvn=PCK_CPUSVN,
-            pcesvn=PCK_PCESVN,
-            pce_id=PCE_ID,
-            fmspc=self.fmspc,
-            platform_id=derive.bytes("platform-instance-id", 16),
-        )
         self.pck_serial = derive.serial("pck", self.now)
-        pck = _certificate(
-            subject=_name("oauth3 SIMULATED PCK Certificate - not Intel"),
-            key=pck_key,
-            issuer=pck_ca_name,
-            issuer_key=pck_ca_key,
-            serial=self.pck_serial,
-            extra=x509.UnrecognizedExtension(x509.ObjectIdentifier(SGX_EXTENSION_OID), extension),
-            not_before=self.not_before,
-        )
         tcb_signing = _certificate(
             subject=_name("oauth3 SIMULATED TCB Signing - not Intel"),
             key=tcb_key,
@@ -323,37 +267,71 @@ class MockDcap:
             serial=derive.serial("tcb-signing", self.now),
             not_before=self.not_before,
         )
+        pck = self._pck_certificate(derive, pck_key, pck_ca_name, pck_ca_key)
+        return _Pki(root, pck_ca, pck, tcb_signing, root_key, pck_ca_key, pck_key, tcb_key)
 
-        self.root_ca_der = root.public_bytes(serialization.Encoding.DER)
-        self.root_ca_pem = _pem(root)
-        self.pck_crl_issuer_chain = _pem(pck_ca) + self.root_ca_pem
-        self.tcb_info_issuer_chain = _pem(tcb_signing) + self.root_ca_pem
+    def _pck_certificate(
+        self,
+        derive: _Derivation,
+        key: ec.EllipticCurvePrivateKey,
+        issuer: x509.Name,
+        issuer_key: ec.EllipticCurvePrivateKey,
+    ) -> x509.Certificate:
+        """The PCK leaf, carrying the SGX extension (FMSPC, CPUSVN, PCESVN) verifiers read."""
+        extension = sgx_pck_extension(
+            ppid=derive.bytes("ppid", 16),
+            cpusvn=PCK_CPUSVN,
+            pcesvn=PCK_PCESVN,
+            pce_id=PCE_ID,
+            fmspc=self.fmspc,
+            platform_id=derive.bytes("platform-instance-id", 16),
+        )
+        return _certificate(
+            subject=_name("oauth3 SIMULATED PCK Certificate - not Intel"),
+            key=key,
+            issuer=issuer,
+            issuer_key=issuer_key,
+            serial=self.pck_serial,
+            extra=x509.UnrecognizedExtension(x509.ObjectIdentifier(SGX_EXTENSION_OID), extension),
+            not_before=self.not_before,
+        )
+
+    def _publish_chains_and_crls(self, pki: _Pki) -> None:
+        """The root in DER and PEM, each issuer chain as a PCCS serves it, and both CRLs (the
+        PCK CRL lists the PCK leaf when the options revoke it)."""
+        self.root_ca_der = pki.root.public_bytes(serialization.Encoding.DER)
+        self.root_ca_pem = _pem(pki.root)
+        self.pck_crl_issuer_chain = _pem(pki.pck_ca) + self.root_ca_pem
+        self.tcb_info_issuer_chain = _pem(pki.tcb_signing) + self.root_ca_pem
         self.qe_identity_issuer_chain = self.tcb_info_issuer_chain
         self.root_ca_crl_der = _crl(
-            issuer=root_name,
-            issuer_key=root_key,
+            issuer=pki.root.subject,
+            issuer_key=pki.root_key,
             this_update=self.not_before,
             next_update=self.not_after,
             revoked_serials=(),
         )
         self.pck_crl_der = _crl(
-            issuer=pck_ca_name,
-            issuer_key=pck_ca_key,
+            issuer=pki.pck_ca.subject,
+            issuer_key=pki.pck_ca_key,
             this_update=self.not_before,
             next_update=self.not_after,
             revoked_serials=(self.pck_serial,) if self.options.revoked_pck else (),
         )
 
-        qe_mr_signer = derive.bytes("qe-mrsigner", 32)
+    def _sign_collateral(self, tcb_key: ec.EllipticCurvePrivateKey, qe_mr_signer: bytes) -> None:
+        """The TCB info and QE identity documents, each signed by the TCB signing key."""
         self.tcb_info = _compact_json(self._tcb_info_object())
         self.tcb_info_signature = raw_ecdsa_signature(tcb_key, self.tcb_info.encode())
         self.qe_identity = _compact_json(self._qe_identity_object(qe_mr_signer))
         self.qe_identity_signature = raw_ecdsa_signature(tcb_key, self.qe_identity.encode())
 
-        self.signer = QuoteSigner(
+    def _quote_signer(self, derive: _Derivation, pki: _Pki, qe_mr_signer: bytes) -> QuoteSigner:
+        """What signs quotes: the attestation key, certified by a QE report the PCK key signs."""
+        return QuoteSigner(
             attestation_key=derive.key("attestation"),
-            pck_key=pck_key,
-            pck_chain_pem=(_pem(pck) + self.pck_crl_issuer_chain).encode(),
+            pck_key=pki.pck_key,
+            pck_chain_pem=(_pem(pki.pck) + self.pck_crl_issuer_chain).encode(),
             qe_report_template=sgx_report_body(
                 cpu_svn=PCK_CPUSVN,
                 attributes=QE_ATTRIBUTES,
@@ -482,69 +460,3 @@ class MockDcap:
         """The PCCS `qe/identity` response body; the signed identity bytes are embedded verbatim."""
         signature = self.qe_identity_signature.hex()
         return f'{{"enclaveIdentity":{self.qe_identity},"signature":"{signature}"}}'
-
-
-MOCK_DCAP = web.AppKey("mock_dcap", MockDcap)
-
-
-def _chain_header(name: str, pem_chain: str) -> dict[str, str]:
-    return {name: urllib.parse.quote(pem_chain, safe="")}
-
-
-async def _pck_crl(request: web.Request) -> web.Response:
-    dcap = request.app[MOCK_DCAP]
-    ca = request.query.get("ca")
-    encoding = request.query.get("encoding", "pem")
-    if ca not in ("platform", "processor") or encoding not in ("pem", "der"):
-        raise web.HTTPBadRequest(text="ca must be platform|processor, encoding pem|der")
-    # one PCK CA issues every simulated PCK certificate; clients that cannot tell which CA a
-    # mock leaf names (they default to `processor`) get the CRL that really covers it
-    headers = _chain_header(ISSUER_CHAIN_HEADER_PCK_CRL, dcap.pck_crl_issuer_chain)
-    if encoding == "der":
-        return web.Response(
-            body=dcap.pck_crl_der, content_type="application/pkix-crl", headers=headers
-        )
-    crl = x509.load_der_x509_crl(dcap.pck_crl_der).public_bytes(serialization.Encoding.PEM)
-    return web.Response(body=crl, content_type="application/x-pem-file", headers=headers)
-
-
-async def _root_ca_crl(request: web.Request) -> web.Response:
-    return web.Response(text=request.app[MOCK_DCAP].root_ca_crl_der.hex())
-
-
-async def _tcb_info(request: web.Request) -> web.Response:
-    dcap = request.app[MOCK_DCAP]
-    fmspc = request.query.get("fmspc", "")
-    try:
-        requested = bytes.fromhex(fmspc)
-    except ValueError:
-        requested = b""
-    if len(requested) != len(dcap.fmspc):
-        raise web.HTTPBadRequest(text="fmspc must be 12 hex digits")
-    if requested != dcap.fmspc:
-        raise web.HTTPNotFound(text="unknown fmspc")
-    return web.Response(
-        text=dcap.pccs_tcb_info_body(),
-        content_type="application/json",
-        headers=_chain_header(ISSUER_CHAIN_HEADER_TCB_INFO, dcap.tcb_info_issuer_chain),
-    )
-
-
-async def _qe_identity(request: web.Request) -> web.Response:
-    dcap = request.app[MOCK_DCAP]
-    return web.Response(
-        text=dcap.pccs_qe_identity_body(),
-        content_type="application/json",
-        headers=_chain_header(ISSUER_CHAIN_HEADER_QE_IDENTITY, dcap.qe_identity_issuer_chain),
-    )
-
-
-def create_pccs_app(dcap: MockDcap) -> web.Application:
-    """A PCCS serving this mock's collateral at Intel's v4 paths (bind it to 127.0.0.1 only)."""
-    app = web.Application()
-    app[MOCK_DCAP] = dcap
-    app.router.add_get("/sgx/certification/v4/pckcrl", _pck_crl)
-    app.router.add_get("/sgx/certification/v4/rootcacrl", _root_ca_crl)
-    app.router.add_get("/tdx/certification/v4/tcb", _tcb_info)
-    app.router.add_get("/tdx/certification/v4/qe/identity", _qe_identity)
-    return app

@@ -80,7 +80,7 @@ def _float_text(value: float) -> str:
     return text
 
 
-class _Reader:
+class _BodyCursor:
     """A cursor over the body text that reports serde_json-style positions in bytes."""
 
     def __init__(self, text: str) -> None:
@@ -181,17 +181,17 @@ def decode_json_args(
     try:
         text = body.decode()
     except UnicodeDecodeError as exc:
-        reader = _Reader(body[: exc.start].decode())
+        reader = _BodyCursor(body[: exc.start].decode())
         reader.index = len(reader.text)
         raise reader.peek_error("invalid unicode code point") from None
-    reader = _Reader(text)
+    reader = _BodyCursor(text)
     values = _struct(reader, struct_name, hex_fields)
     if reader.peek() is not None:
         raise reader.peek_error("trailing characters")
     return values
 
 
-def _struct(reader: _Reader, struct_name: str, hex_fields: Collection[str]) -> dict[str, bytes]:
+def _struct(reader: _BodyCursor, struct_name: str, hex_fields: Collection[str]) -> dict[str, bytes]:
     first = reader.peek()
     if first is None:
         raise reader.peek_error("EOF while parsing a value")
@@ -214,7 +214,7 @@ class _Unpositioned(Exception):
         self.message = message
 
 
-def _next_key(reader: _Reader, first: bool) -> str | None:
+def _next_key(reader: _BodyCursor, first: bool) -> str | None:
     """The next member's key, or None after consuming the object's closing brace."""
     char = reader.peek()
     if char == "}":
@@ -236,7 +236,7 @@ def _next_key(reader: _Reader, first: bool) -> str | None:
     return reader.string()
 
 
-def _colon(reader: _Reader) -> None:
+def _colon(reader: _BodyCursor) -> None:
     char = reader.peek()
     if char is None:
         raise reader.peek_error("EOF while parsing an object")
@@ -245,7 +245,7 @@ def _colon(reader: _Reader) -> None:
     reader.index += 1
 
 
-def _hex_value(reader: _Reader) -> bytes:
+def _hex_value(reader: _BodyCursor) -> bytes:
     char = reader.peek()
     if char is None:
         raise reader.peek_error("EOF while parsing a value")
@@ -257,7 +257,7 @@ def _hex_value(reader: _Reader) -> bytes:
         raise _Unpositioned(exc.message) from None
 
 
-def _members(reader: _Reader, hex_fields: Collection[str]) -> dict[str, bytes]:
+def _members(reader: _BodyCursor, hex_fields: Collection[str]) -> dict[str, bytes]:
     values: dict[str, bytes] = {}
     first = True
     while (key := _next_key(reader, first)) is not None:

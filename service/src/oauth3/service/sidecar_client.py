@@ -1,19 +1,32 @@
-"""Client for the sidecar's unix socket: GetQuote and Info, with failures mapped to typed errors."""
+"""The service's client of the sidecar (over its unix socket): GetQuote, Info and the metrics
+scrape, with answers decoded into types and failures mapped to typed errors."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 
-from oauth3.runtime.httpmw import AGENT_MS_HEADER, QUEUE_MS_HEADER, REQUEST_ID_HEADER
+from oauth3.attestation.response import QuotedEvidence
+from oauth3.runtime.bodies import read_capped
+from oauth3.runtime.bookkeeping import REQUEST_ID_HEADER
+from oauth3.runtime.sidecar_protocol import (
+    AGENT_MS_HEADER,
+    GET_QUOTE_PATH,
+    INFO_PATH,
+    METRICS_PATH,
+    QUEUE_MS_HEADER,
+)
+
+# the longest answer read whole from the sidecar (a quote with its event log, or the metrics
+# text); one byte more is read to tell a longer one, which then fails to decode
+MAX_ANSWER_BYTES = 1 << 20
 
 
 class AgentError(Exception):
@@ -59,26 +72,15 @@ class AgentQuote:
     queue_ms: float | None = None
     agent_ms: float | None = None
 
-    def attestation_members(self, layout: str, report_data: bytes) -> dict[str, Any]:
-        """The /attestation members every layout carries (contract 3), quote and log included."""
-        return {
-            "layout": layout,
-            "quote": base64.b64encode(self.quote).decode(),
-            "eventLog": self.event_log,
-            "reportData": report_data.hex(),
-            "vmConfig": self.vm_config,
-            "generatedAt": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        }
+    @property
+    def evidence(self) -> QuotedEvidence:
+        """The members every /attestation layout carries."""
+        return QuotedEvidence(self.quote, self.event_log, self.vm_config)
 
 
-def _float_header(headers: Any, name: str) -> float | None:
-    try:
-        return float(headers[name])
-    except (KeyError, ValueError):
-        return None
-
-
-def decode_quote_answer(body: bytes) -> AgentQuote:
+def decode_quote_answer(
+    body: bytes, *, queue_ms: float | None = None, agent_ms: float | None = None
+) -> AgentQuote:
     """Decode the agent's GetQuote JSON; AgentBadAnswerError says which field is wrong."""
     try:
         doc = orjson.loads(body)
@@ -104,11 +106,32 @@ def decode_quote_answer(body: bytes) -> AgentQuote:
         event_log=fields["event_log"],
         report_data=report_data,
         vm_config=fields["vm_config"],
+        queue_ms=queue_ms,
+        agent_ms=agent_ms,
     )
 
 
+@dataclass(frozen=True, slots=True)
+class SidecarAnswer:
+    """One HTTP answer of the sidecar: its status, body and the headers we read."""
+
+    status: int
+    body: bytes
+    retry_after: str | None = None
+    queue_ms: float | None = None
+    agent_ms: float | None = None
+
+
+def _milliseconds(headers: Mapping[str, str], name: str) -> float | None:
+    try:
+        return float(headers[name])
+    except (KeyError, ValueError):
+        return None
+
+
 class SidecarClient:
-    """Talks to the sidecar over its unix socket; owns one ClientSession."""
+    """The service's one client of the sidecar, over its unix socket: quotes, the readiness
+    probe and the metrics scrape share one ClientSession."""
 
     def __init__(self, socket_path: Path, *, timeout: float, retry_after: int) -> None:
         self._socket_path = socket_path
@@ -126,16 +149,26 @@ class SidecarClient:
         if self._session is not None:
             await self._session.close()
 
-    async def _post(self, method: str, payload: bytes, request_id: str, limit_s: float) -> Any:
+    async def _request(
+        self, method: str, path: str, payload: bytes | None, request_id: str, limit_s: float
+    ) -> SidecarAnswer:
+        """One request within `limit_s`; AgentTimeoutError, AgentBadAnswerError (cut short) or
+        AgentUnavailableError (cannot connect) when there is no whole answer."""
         assert self._session is not None, "SidecarClient.start() was not awaited"
         headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request_id}
         try:
             async with asyncio.timeout(limit_s):
-                async with self._session.post(
-                    f"http://sidecar/{method}", data=payload, headers=headers
+                async with self._session.request(
+                    method, f"http://sidecar{path}", data=payload, headers=headers
                 ) as response:
-                    body = await response.read()
-                    return response.status, response.headers, body
+                    body = await read_capped(response, MAX_ANSWER_BYTES + 1)
+                    return SidecarAnswer(
+                        status=response.status,
+                        body=body,
+                        retry_after=response.headers.get("Retry-After"),
+                        queue_ms=_milliseconds(response.headers, QUEUE_MS_HEADER),
+                        agent_ms=_milliseconds(response.headers, AGENT_MS_HEADER),
+                    )
         except TimeoutError:
             raise AgentTimeoutError("agent timeout", retry_after=self._retry_after) from None
         except aiohttp.ClientPayloadError as exc:
@@ -145,44 +178,43 @@ class SidecarClient:
                 "sidecar unavailable", retry_after=self._retry_after, log_detail=str(exc)
             ) from None
 
-    def _raise_for(self, status: int, headers: Any, body: bytes) -> None:
-        if status == 200:
+    def _raise_for(self, answer: SidecarAnswer) -> None:
+        if answer.status == 200:
             return
         retry_after = self._retry_after
-        with contextlib.suppress(ValueError):
-            retry_after = int(headers.get("Retry-After", retry_after))
-        detail = body[:300].decode("utf-8", "replace")
-        if status == 503:
+        if answer.retry_after is not None:
+            with contextlib.suppress(ValueError):
+                retry_after = int(answer.retry_after)
+        detail = answer.body[:300].decode("utf-8", "replace")
+        if answer.status == 503:
             raise AgentUnavailableError(
                 "agent unavailable", retry_after=retry_after, log_detail=detail
             )
-        if status == 504:
+        if answer.status == 504:
             raise AgentTimeoutError("agent timeout", retry_after=retry_after, log_detail=detail)
-        raise AgentBadAnswerError(f"agent answered HTTP {status}", log_detail=detail)
+        raise AgentBadAnswerError(f"agent answered HTTP {answer.status}", log_detail=detail)
 
     async def get_quote(self, report_data: bytes, request_id: str) -> AgentQuote:
         """Ask for a quote over exactly these 64 bytes."""
         payload = orjson.dumps({"report_data": report_data.hex()})
-        status, headers, body = await self._post("GetQuote", payload, request_id, self._timeout)
-        self._raise_for(status, headers, body)
-        answer = decode_quote_answer(body)
-        return AgentQuote(
-            quote=answer.quote,
-            event_log=answer.event_log,
-            report_data=answer.report_data,
-            vm_config=answer.vm_config,
-            queue_ms=_float_header(headers, QUEUE_MS_HEADER),
-            agent_ms=_float_header(headers, AGENT_MS_HEADER),
-        )
+        answer = await self._request("POST", GET_QUOTE_PATH, payload, request_id, self._timeout)
+        self._raise_for(answer)
+        return decode_quote_answer(answer.body, queue_ms=answer.queue_ms, agent_ms=answer.agent_ms)
 
-    async def info(self, request_id: str, limit_s: float) -> dict[str, Any]:
+    async def agent_info(self, request_id: str, limit_s: float) -> dict[str, Any]:
         """Ask the agent (through the sidecar) for /Info: the readiness probe."""
-        status, headers, body = await self._post("Info", b"{}", request_id, limit_s)
-        self._raise_for(status, headers, body)
+        answer = await self._request("POST", INFO_PATH, b"{}", request_id, limit_s)
+        self._raise_for(answer)
         try:
-            doc = orjson.loads(body)
+            doc = orjson.loads(answer.body)
         except orjson.JSONDecodeError:
             raise AgentBadAnswerError("agent Info answer is not JSON") from None
         if not isinstance(doc, dict):
             raise AgentBadAnswerError("agent Info answer is not a JSON object")
         return doc
+
+    async def metrics_text(self, limit_s: float) -> bytes:
+        """The sidecar's own Prometheus exposition, unchecked; AgentError when there is none."""
+        answer = await self._request("GET", METRICS_PATH, None, "metrics-scrape", limit_s)
+        self._raise_for(answer)
+        return answer.body

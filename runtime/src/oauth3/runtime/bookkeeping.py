@@ -17,9 +17,6 @@ from .logs import log_request, request_id_var
 from .problem import Problem, from_problem, problem_response
 
 REQUEST_ID_HEADER = "X-Request-ID"
-# how long the sidecar held a quote request in its queue and in the agent (ms)
-QUEUE_MS_HEADER = "X-Oauth3-Queue-Ms"
-AGENT_MS_HEADER = "X-Oauth3-Agent-Ms"
 LOG_FIELDS = web.RequestKey("oauth3_log_fields", dict[str, Any])
 REQUEST_ID = web.RequestKey("oauth3_request_id", str)
 WELL_FORMED_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
