@@ -7,6 +7,10 @@ import urllib.parse
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import dcap_qvl
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
 from oauth3.attestation import AttestationError, parse_strict_json
 
 from .errors import VerifierError
@@ -14,13 +18,7 @@ from .http_client import Answer, HttpFailure, get_capped
 
 if TYPE_CHECKING:
     import aiohttp
-    import dcap_qvl
 
-# dcap-qvl and cryptography load inside the functions that use them: `oauth3-verify --help` reads
-# DEFAULT_PCCS_URL from here and should not pay for either
-
-# a fact from dcap-qvl and the reference: Phala's public PCCS, the verifier's default
-DEFAULT_PCCS_URL = "https://pccs.phala.network"
 PCK_CRL_CHAIN_HEADERS = ("SGX-PCK-CRL-Issuer-Chain",)
 TCB_INFO_CHAIN_HEADERS = ("SGX-TCB-Info-Issuer-Chain", "TCB-Info-Issuer-Chain")
 QE_IDENTITY_CHAIN_HEADERS = ("SGX-Enclave-Identity-Issuer-Chain",)
@@ -34,8 +32,6 @@ class CollateralError(VerifierError):
 
 def load_collateral(data: bytes | str) -> dcap_qvl.QuoteCollateralV3:
     """Parse QuoteCollateralV3 JSON (byte fields hex, tcb_info/qe_identity as Intel's strings)."""
-    import dcap_qvl  # noqa: PLC0415 - see above
-
     text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
     try:
         return dcap_qvl.QuoteCollateralV3.from_json(text)
@@ -53,8 +49,6 @@ def _parse_time(text: str) -> datetime:
 
 def collateral_window(collateral: dcap_qvl.QuoteCollateralV3) -> dict[str, Any]:
     """Issue/next-update dates of TCB info, QE identity and both CRLs, and the window they share."""
-    from cryptography import x509  # noqa: PLC0415 - see above
-
     spans: dict[str, tuple[datetime, datetime]] = {}
     for name, text in (("tcb_info", collateral.tcb_info), ("qe_identity", collateral.qe_identity)):
         spans[name] = _document_span(name, text)
@@ -94,8 +88,6 @@ def _base_url(pccs_url: str) -> str:
 
 def _chain_header(answer: Answer, names: tuple[str, ...]) -> str:
     """An issuer-chain header: URL-encoded PEM certificates, checked to be exactly that."""
-    from cryptography import x509  # noqa: PLC0415 - see above
-
     for name in names:
         value = answer.headers.get(name)
         if value is not None:
@@ -124,9 +116,6 @@ async def _get(session: aiohttp.ClientSession, url: str) -> Answer:
 def _crl_der(body: bytes, what: str) -> bytes:
     """A CRL as DER, whether the PCCS sent DER, PEM or hex text (PCCS root CA CRLs are hex);
     CollateralError unless the bytes are one well-formed X.509 CRL in one of those encodings."""
-    from cryptography import x509  # noqa: PLC0415 - see above
-    from cryptography.hazmat.primitives.serialization import Encoding  # noqa: PLC0415 - see above
-
     try:
         if body[:1] == b"\x30":  # DER is binary: its last bytes may well look like whitespace
             der = bytes(body)
@@ -182,8 +171,6 @@ def _signed_document(body: bytes, member: str, url: str) -> tuple[str, bytes]:
 
 def quote_is_readable(raw_quote: bytes) -> bool:
     """Whether dcap-qvl can read the FMSPC and CA a PCCS request needs from this quote."""
-    import dcap_qvl  # noqa: PLC0415 - see above
-
     try:
         parsed = dcap_qvl.parse_quote(raw_quote)
         parsed.fmspc()
@@ -197,8 +184,6 @@ async def fetch_collateral(
     session: aiohttp.ClientSession, pccs_url: str, raw_quote: bytes
 ) -> dcap_qvl.QuoteCollateralV3:
     """Fetch the four collateral pieces a TDX quote needs from a PCCS (Intel's v4 API)."""
-    import dcap_qvl  # noqa: PLC0415 - see above
-
     try:
         parsed = dcap_qvl.parse_quote(raw_quote)
         fmspc = str(parsed.fmspc()).upper()

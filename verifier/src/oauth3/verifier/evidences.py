@@ -24,7 +24,7 @@ from oauth3.attestation import AttestationError, load_evidence
 
 from .errors import VerifierError
 from .files import FileTooLarge, read_regular_file
-from .http_client import DEFAULT_TIMEOUT
+from .network_defaults import DEFAULT_TIMEOUT
 from .pipeline import CollateralSource, verify_evidence
 from .step_basics import Evidence, VerifyOptions, fail, guarded
 from .verdict import EvidenceStep, Outcome, StepResult, Verdict

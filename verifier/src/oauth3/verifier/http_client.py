@@ -16,7 +16,6 @@ if TYPE_CHECKING:
     import aiohttp
     from multidict import CIMultiDictProxy
 
-DEFAULT_TIMEOUT = 30.0
 CHUNK = 1 << 16
 MAX_REDIRECTS = 5
 REDIRECTS = frozenset({301, 302, 303, 307, 308})

@@ -12,10 +12,11 @@ import orjson
 from oauth3.attestation import LAYOUT_V2, AttestationError, parse_quote, parse_strict_json
 
 from .bundle import Bundle, BundleError, evidence_from_bundle
-from .collateral import DEFAULT_PCCS_URL, fetch_collateral, load_collateral, quote_is_readable
+from .collateral import fetch_collateral, load_collateral, quote_is_readable
 from .errors import VerifierError
-from .http_client import DEFAULT_TIMEOUT, HttpFailure, client_session, get_capped
+from .http_client import HttpFailure, client_session, get_capped
 from .intel_checks import chain_facts, collateral_identity
+from .network_defaults import DEFAULT_PCCS_URL, DEFAULT_TIMEOUT
 from .step_basics import Evidence, VerifyOptions
 from .steps import run_steps
 from .verdict import Verdict

@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING, NoReturn
 from oauth3.attestation.tcb import TCB_STATUSES
 
 from .cli_common import ClientArgumentParser
-from .collateral import DEFAULT_PCCS_URL
 from .errors import VerifierError
-from .http_client import DEFAULT_TIMEOUT
+from .network_defaults import DEFAULT_PCCS_URL, DEFAULT_TIMEOUT
 from .policy import PLATFORM_FIELDS
 from .verdict import EXIT_CODES, EXIT_NOT_FRESH, EXIT_PARTIAL, EXIT_UNPINNED, EXIT_USAGE
 

@@ -17,8 +17,9 @@ from oauth3.attestation import AttestationError, load_evidence, parse_nonce
 
 from .bundle import LATEST_TIME, Bundle, load_bundle, parse_time, save_bundle
 from .cli_common import InputTooLarge, read_input_bytes
-from .collateral import DEFAULT_PCCS_URL, load_collateral
+from .collateral import load_collateral
 from .files import write_atomically
+from .network_defaults import DEFAULT_PCCS_URL
 from .observed import observed_policy_text, written_note
 from .output import json_text, render
 from .policy import (
