@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from oauth3.simulator.mockdcap import MockDcap
 from oauth3.verifier.cli import run
-from oauth3.verifier.collateral import CollateralError, _crl_der, fetch_collateral
+from oauth3.verifier.collateral import CollateralError
+from oauth3.verifier.pccs import _crl_der, fetch_collateral
 from tests.verifycli import step
 
 REPORT = "dstack-head/verifier-fixtures/quote-report.json"

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .bundle import Bundle, BundleError, load_bundle, save_bundle
-    from .collateral import CollateralError, fetch_collateral, load_collateral
+    from .collateral import CollateralError, load_collateral
     from .errors import VerifierError
+    from .pccs import fetch_collateral
     from .pipeline import CollateralSource, FetchError, verify_bundle, verify_evidence, verify_url
     from .policy import PlatformPin, Policy, PolicyError, load_policy, parse_policy, render_policy
     from .step_basics import Evidence, VerifyOptions
@@ -21,7 +22,8 @@ if TYPE_CHECKING:
 
 _HOMES = {
     "bundle": ("Bundle", "BundleError", "load_bundle", "save_bundle"),
-    "collateral": ("CollateralError", "fetch_collateral", "load_collateral"),
+    "collateral": ("CollateralError", "load_collateral"),
+    "pccs": ("fetch_collateral",),
     "errors": ("VerifierError",),
     "pipeline": (
         "CollateralSource",

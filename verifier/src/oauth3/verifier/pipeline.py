@@ -1,4 +1,9 @@
-"""Online mode: fetch the exact /info bytes and a fresh /attestation, then verify them."""
+"""From a URL, a bundle or a quote to a verdict: fetch the exact /info bytes and a fresh
+/attestation when asked to, obtain the collateral, then run the steps.
+
+The HTTP client and the PCCS client load only on the paths that go online: a saved bundle with
+its collateral, or any input with --collateral, is checked without them (and without asyncio).
+"""
 
 from __future__ import annotations
 
@@ -12,9 +17,8 @@ import orjson
 from oauth3.attestation import LAYOUT_V2, AttestationError, parse_quote, parse_strict_json
 
 from .bundle import Bundle, BundleError, evidence_from_bundle
-from .collateral import fetch_collateral, load_collateral, quote_is_readable
+from .collateral import load_collateral, quote_is_readable
 from .errors import VerifierError
-from .http_client import HttpFailure, client_session, get_capped
 from .intel_checks import chain_facts, collateral_identity
 from .network_defaults import DEFAULT_PCCS_URL, DEFAULT_TIMEOUT
 from .step_basics import Evidence, VerifyOptions
@@ -53,6 +57,8 @@ def _problem_summary(body: bytes) -> str:
 
 
 async def _get(session: aiohttp.ClientSession, url: str) -> bytes:
+    from .http_client import HttpFailure, get_capped  # noqa: PLC0415 - online only
+
     try:
         answer = await get_capped(session, url, MAX_RESPONSE)
     except HttpFailure as exc:
@@ -120,7 +126,10 @@ async def verify_evidence(
     """Obtain collateral for the evidence, then run the steps; returns the verdict and the
     collateral it used. Raises CollateralError on network or format problems (exit code 2)."""
     settled, collateral = collateral_at_hand(source, evidence, options, stored)
-    if not settled:  # only then the HTTP client: offline paths never load it
+    if not settled:
+        from .http_client import client_session  # noqa: PLC0415 - online only
+        from .pccs import fetch_collateral  # noqa: PLC0415 - online only
+
         async with client_session(request_timeout) as session:
             collateral = await fetch_collateral(session, source.pccs_url, evidence.quote)
     return run_steps(evidence, options, collateral), collateral
@@ -141,6 +150,28 @@ async def verify_bundle(
     verdict, collateral = await verify_evidence(
         evidence, options, source, stored=bundle.collateral, request_timeout=request_timeout
     )
+    return _checked_bundle(bundle, evidence, verdict, collateral)
+
+
+def verify_bundle_offline(
+    bundle: Bundle, options: VerifyOptions, source: CollateralSource
+) -> tuple[Verdict, Bundle] | None:
+    """verify_bundle for saved evidence whose collateral is at hand (see collateral_at_hand),
+    without the network or an event loop; None when a PCCS must be asked (use verify_bundle)."""
+    evidence = evidence_from_bundle(bundle, online=False)
+    settled, collateral = collateral_at_hand(source, evidence, options, bundle.collateral)
+    if not settled:
+        return None
+    verdict = run_steps(evidence, options, collateral)
+    return _checked_bundle(bundle, evidence, verdict, collateral)
+
+
+def _checked_bundle(
+    bundle: Bundle,
+    evidence: Evidence,
+    verdict: Verdict,
+    collateral: dcap_qvl.QuoteCollateralV3 | None,
+) -> tuple[Verdict, Bundle]:
     if collateral is None:
         return verdict, bundle
     return verdict, replace(
@@ -161,6 +192,8 @@ async def verify_url(
 ) -> tuple[Verdict, Bundle]:
     """Fetch /info and /attestation from a running oauth3 service and verify them.
     Raises FetchError, BundleError or CollateralError (exit code 2 on the command line)."""
+    from .http_client import client_session  # noqa: PLC0415 - online only
+
     async with client_session(request_timeout) as session:
         bundle = await fetch_evidence(session, url, nonce, batch=batch)
     return await verify_bundle(
@@ -175,6 +208,7 @@ __all__ = [
     "collateral_at_hand",
     "fetch_evidence",
     "verify_bundle",
+    "verify_bundle_offline",
     "verify_evidence",
     "verify_url",
 ]
