@@ -4,11 +4,11 @@ when oauth3's protocol does."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from oauth3.attestation import LAYOUT_V2, LAYOUTS, info_digest
 from oauth3.attestation.merkle import HASH_SIZE, MerkleError, root_from_path
+from oauth3.attestation.response import BatchProof
 
 from .step_basics import CheckState, Evidence, fail, needs_quote
 from .verdict import Outcome, Step, StepResult, rfc3339
@@ -47,17 +47,9 @@ def check_info_binding(evidence: Evidence, state: CheckState) -> StepResult:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class InclusionProof:
-    """An oauth3/v2 response's proof that a nonce is a leaf of the quoted batch."""
-
-    leaf_index: int
-    batch_size: int
-    path: tuple[bytes, ...]
-
-
-def read_proof(document: object) -> InclusionProof:
-    """The `merkle` member of an oauth3/v2 response; a _Failed naming what is malformed."""
+def read_proof(document: object) -> BatchProof:
+    """The `merkle` member of an oauth3/v2 response, as attestation.response's BatchProof; a
+    step failure naming what is malformed (where read_response would refuse the document)."""
     if not isinstance(document, dict):
         raise fail("an oauth3/v2 response must carry its inclusion proof ('merkle')")
     index, size, path = document.get("leafIndex"), document.get("batchSize"), document.get("path")
@@ -71,7 +63,7 @@ def read_proof(document: object) -> InclusionProof:
         raise fail("the inclusion proof's path is not hex") from None
     if any(len(s) != HASH_SIZE for s in siblings):
         raise fail(f"every hash of the inclusion proof's path must be {HASH_SIZE} bytes")
-    return InclusionProof(index, size, siblings)
+    return BatchProof(index, size, siblings)
 
 
 def _nonce_binding(evidence: Evidence, found: bytes, details: dict[str, Any]) -> str:
