@@ -1,4 +1,4 @@
-"""What `oauth3-verify` does once its arguments parsed: read the inputs they name, run the mode
+"""What `oauth3-verify` does once its arguments are parsed: read the inputs they name, run the mode
 (URL, bundle, dstack quote, custom-domain evidences) and report. cli.py loads this only after
 parsing, so --help and a misuse start without any of it."""
 
