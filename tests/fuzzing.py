@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase, ReadOnlyDatabase
 
 from oauth3.phala import cli as phala_cli
-from oauth3.verifier import cli, inspect, measure
+from oauth3.verifier import cli, inspect_cli, measure
 from oauth3.verifier.verdict import EXIT_CODES
 
 FUZZ_EXAMPLES = 40
@@ -172,7 +172,7 @@ def run_verify(args: list[str]) -> Result:
 
 def run_inspect(args: list[str]) -> Result:
     """oauth3-inspect ARGS in process: exit code, stdout, stderr."""
-    return _in_process(inspect.run, args)
+    return _in_process(inspect_cli.run, args)
 
 
 def run_measure(args: list[str]) -> Result:

@@ -26,7 +26,7 @@ from tests.pccs_fake import COLLATERAL, REPORT, collateral_pieces, fake_pccs
 from tests.verifycli import verify
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
-INSPECT = [sys.executable, "-m", "oauth3.verifier.inspect"]
+INSPECT = [sys.executable, "-m", "oauth3.verifier.inspect_cli"]
 VERIFY = [sys.executable, "-m", "oauth3.verifier.cli"]
 
 

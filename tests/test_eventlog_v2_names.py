@@ -98,7 +98,7 @@ def test_inspect_prints_event_names_with_controls_escaped(vectors: Path, tmp_pat
         [
             sys.executable,
             "-m",
-            "oauth3.verifier.inspect",
+            "oauth3.verifier.inspect_cli",
             str(vectors / "dstack-head/verifier-fixtures/quote-report.json"),
             "--event-log",
             str(log),

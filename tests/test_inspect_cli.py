@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-INSPECT = [sys.executable, "-m", "oauth3.verifier.inspect"]
+INSPECT = [sys.executable, "-m", "oauth3.verifier.inspect_cli"]
 
 
 def run(args: list[str], stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:

@@ -17,9 +17,9 @@ from oauth3.attestation import parse_event_log
 from oauth3.attestation.dstack_os import os_releases
 from oauth3.verifier.cli import run
 from oauth3.verifier.observed import observed_policy
-from oauth3.verifier.platform import RECOMPUTED, PlatformMismatch, identify_os
+from oauth3.verifier.platform_identity import RECOMPUTED, PlatformMismatch, identify_os
 from oauth3.verifier.policy import Policy, PolicyError, parse_policy, render_policy
-from oauth3.verifier.steps import Evidence, VerifyOptions, verify_evidence
+from oauth3.verifier.steps import Evidence, VerifyOptions, run_steps
 from tests.verifycli import platform_flags, step
 
 LITE = "dstack-head/verifier-fixtures/tdx-lite-getquote.json"
@@ -236,7 +236,7 @@ def test_write_policy_pins_the_recomputed_release(vectors: Path) -> None:
         event_log=document["event_log"],
         vm_config=document["vm_config"],
     )
-    verdict = verify_evidence(evidence, VerifyOptions(at=0, skip_dcap=True), None)
+    verdict = run_steps(evidence, VerifyOptions(at=0, skip_dcap=True), None)
     observed = observed_policy(verdict, Policy())
     assert observed.os_image_hashes == {bytes.fromhex(RELEASE)}
     assert observed.platforms == ()

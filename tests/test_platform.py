@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from oauth3.attestation.dstack_os import a_dev_release, os_releases
-from oauth3.verifier.platform import PlatformMismatch, check_os, identify_os
+from oauth3.verifier.platform_identity import PlatformMismatch, check_os, identify_os
 from oauth3.verifier.policy import Policy
 
 

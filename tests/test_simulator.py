@@ -455,7 +455,7 @@ def test_inspect_reads_a_saved_getquote_answer(sock_dir: Path, fmt: str) -> None
         )
         document = json.loads(curl_like(sock, "GET", "/Info"))
     inspected = subprocess.run(
-        [sys.executable, "-m", "oauth3.verifier.inspect", str(saved)],
+        [sys.executable, "-m", "oauth3.verifier.inspect_cli", str(saved)],
         capture_output=True,
         check=True,
         timeout=30,

@@ -14,11 +14,11 @@ import dcap_qvl
 import pytest
 
 from oauth3.attestation import dump_event_log, parse_event_log, stripped
-from oauth3.verifier import steps
+from oauth3.verifier import intel_checks
 from oauth3.verifier.cli import run
 from oauth3.verifier.collateral import load_collateral
 from oauth3.verifier.policy import Policy
-from oauth3.verifier.steps import Evidence, VerifyOptions, verify_evidence
+from oauth3.verifier.steps import Evidence, VerifyOptions, run_steps
 from oauth3.verifier.verdict import EXIT_CODES, Step
 from tests.verifycli import pins_for
 
@@ -236,14 +236,12 @@ def test_tcb_policy_rejects_what_is_not_allowed(vectors: Path) -> None:
     evidence = Evidence(quote=quote, event_log=doc["event_log"])
     at = 1774003274
     nothing = VerifyOptions(at=at, policy=Policy(allowed_tcb=frozenset()))
-    strict = verify_evidence(evidence, nothing, collateral)
+    strict = run_steps(evidence, nothing, collateral)
     assert strict.exit_code == 12
     assert strict.first_failure is not None
     assert strict.first_failure.name is Step.TCB_POLICY
-    assert verify_evidence(evidence, VerifyOptions(at=at), collateral).tcb_status == "UpToDate"
-    assert step(
-        verify_evidence(evidence, VerifyOptions(at=at), collateral).as_json(), "tcb_policy"
-    )["ok"]
+    assert run_steps(evidence, VerifyOptions(at=at), collateral).tcb_status == "UpToDate"
+    assert step(run_steps(evidence, VerifyOptions(at=at), collateral).as_json(), "tcb_policy")["ok"]
 
 
 def test_skip_dcap_is_partial_and_never_zero(vectors: Path) -> None:
@@ -357,8 +355,8 @@ def test_console_script_exit_codes(vectors: Path, tmp_path: Path) -> None:
 def test_simulated_classification(vectors: Path) -> None:
     intel_der = (vectors / "dcap-qvl/TrustedRootCA.der").read_bytes()
 
-    def chain(der: bytes, *, self_signed: bool, names_simulator: bool) -> steps.ChainFacts:
-        return steps.ChainFacts(("CN=x",), der, self_signed, names_simulator)
+    def chain(der: bytes, *, self_signed: bool, names_simulator: bool) -> intel_checks.ChainFacts:
+        return intel_checks.ChainFacts(("CN=x",), der, self_signed, names_simulator)
 
     plain = VerifyOptions(at=0)
     pinned = VerifyOptions(at=0, allow_simulated=True, root_ca_der=b"root")
@@ -367,14 +365,14 @@ def test_simulated_classification(vectors: Path) -> None:
     other_root = chain(b"another root", self_signed=True, names_simulator=False)
     no_root = chain(b"an intermediate", self_signed=False, names_simulator=False)
     named = chain(intel_der, self_signed=True, names_simulator=True)
-    assert not steps.is_simulated(intel, plain)
-    assert not steps.is_simulated(intel, pinned)
-    assert steps.is_simulated(other_root, plain)
-    assert steps.is_simulated(named, plain)
+    assert not intel_checks.is_simulated(intel, plain)
+    assert not intel_checks.is_simulated(intel, pinned)
+    assert intel_checks.is_simulated(other_root, plain)
+    assert intel_checks.is_simulated(named, plain)
     # a chain that stops below its root is judged by the DCAP check against Intel's root,
     # unless the pinned root is what verifies it
-    assert not steps.is_simulated(no_root, plain)
-    assert steps.is_simulated(no_root, pinned)
+    assert not intel_checks.is_simulated(no_root, plain)
+    assert intel_checks.is_simulated(no_root, pinned)
 
 
 def test_pinned_root_is_never_used_for_intel_quotes(vectors: Path) -> None:

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import json
 import os
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -470,3 +471,39 @@ async def test_real_process_against_the_service(stack: Stack) -> None:
             await process.wait()
     assert process.returncode == 17
     assert "FAILED at simulated (exit 17)" in stdout.decode()
+
+
+LOADED_MODULES = """
+import sys
+from oauth3.verifier.cli import run
+code = run(sys.argv[1:])
+watched = ("aiohttp", "asyncio", "dcap_qvl", "cryptography", "oauth3.verifier.steps")
+print(code, *[name for name in watched if name in sys.modules], file=sys.stderr)
+"""
+
+
+def loaded_by(args: list[str]) -> list[str]:
+    """Run oauth3-verify ARGS in a fresh interpreter: its exit code, then which of the watched
+    modules it loaded."""
+    done = subprocess.run(
+        [sys.executable, "-c", LOADED_MODULES, *args], capture_output=True, timeout=60, check=False
+    )
+    return done.stderr.decode().splitlines()[-1].split()
+
+
+async def test_the_offline_paths_load_only_what_they_use(stack: Stack, tmp_path: Path) -> None:
+    saved = tmp_path / "b.json"
+    await verify(stack.simulated_args("--save-bundle", str(saved)))
+    offline = ["--bundle", str(saved), "--allow-simulated", "--root-ca", str(stack.root_ca)]
+    # the bundle carries its collateral: checked without an HTTP client or an event loop
+    assert loaded_by([*offline, *stack.pins()]) == [
+        "5",
+        "dcap_qvl",
+        "cryptography",
+        "oauth3.verifier.steps",
+    ]
+    # a PCCS named on the command line is asked, so that path loads the HTTP client
+    pccs = ["--pccs", "http://127.0.0.1:9"]
+    assert loaded_by([*offline, *pccs])[:3] == ["2", "aiohttp", "asyncio"]
+    assert loaded_by(["--help"]) == ["2"]
+    assert loaded_by(["--bundle"]) == ["2"]

@@ -18,7 +18,8 @@ from aiohttp.test_utils import TestServer, unused_port
 
 from oauth3.simulator.mockdcap import MockDcap
 from oauth3.verifier.cli import run
-from oauth3.verifier.collateral import CollateralError, _crl_der, fetch_collateral
+from oauth3.verifier.collateral import CollateralError
+from oauth3.verifier.pccs import _crl_der, fetch_collateral
 from tests.pccs_fake import COLLATERAL, INSIDE, REPORT, collateral_pieces, fake_pccs
 from tests.verifycli import step
 

@@ -14,7 +14,7 @@ RAW_QUOTE_PREFIXES = (b"\x04\x00", b"\x05\x00")
 
 
 @dataclass(frozen=True, slots=True)
-class Evidence:
+class ReceivedQuote:
     """A quote with whatever accompanied it; `kind` names the shape it was read from."""
 
     kind: str
@@ -53,13 +53,13 @@ def _optional_str(doc: dict[str, Any], key: str) -> str | None:
     return value
 
 
-def evidence_from_document(doc: dict[str, Any]) -> Evidence:
+def evidence_from_document(doc: dict[str, Any]) -> ReceivedQuote:
     """Read a decoded JSON response: dstack GetQuote, legacy Tappd, or an oauth3 /attestation."""
     if "quote" not in doc:
         raise EvidenceError("JSON document has no 'quote' field")
     if "eventLog" in doc or "reportData" in doc:
         report_data = doc.get("reportData")
-        return Evidence(
+        return ReceivedQuote(
             kind="oauth3-attestation",
             quote=_b64(doc["quote"], "quote"),
             event_log=_optional_str(doc, "eventLog"),
@@ -68,7 +68,7 @@ def evidence_from_document(doc: dict[str, Any]) -> Evidence:
         )
     kind = "tappd-quote" if "hash_algorithm" in doc else "dstack-getquote"
     report_data = doc.get("report_data")
-    return Evidence(
+    return ReceivedQuote(
         kind=kind,
         quote=_hex(doc["quote"], "quote"),
         event_log=_optional_str(doc, "event_log"),
@@ -77,12 +77,12 @@ def evidence_from_document(doc: dict[str, Any]) -> Evidence:
     )
 
 
-def load_evidence(data: bytes) -> Evidence:
+def load_evidence(data: bytes) -> ReceivedQuote:
     """Accept a raw quote, hex text (optional 0x), or a JSON response; EvidenceError otherwise."""
     if not data:
         raise EvidenceError("input is empty")
     if data.startswith(RAW_QUOTE_PREFIXES):
-        return Evidence(kind="raw-quote", quote=bytes(data))
+        return ReceivedQuote(kind="raw-quote", quote=bytes(data))
     try:
         text = data.decode("utf-8").strip()
     except UnicodeDecodeError:
@@ -98,4 +98,4 @@ def load_evidence(data: bytes) -> Evidence:
     quote = _hex(text, "input")
     if not quote:
         raise EvidenceError("input is empty")
-    return Evidence(kind="hex-quote", quote=quote)
+    return ReceivedQuote(kind="hex-quote", quote=quote)

@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 import aiohttp
 
-from oauth3.verifier.commandline import OneLineParser
+from oauth3.verifier.cli_common import ClientArgumentParser
 from oauth3.verifier.output import json_text, printable
 
 from . import deploy_cli
@@ -132,9 +132,13 @@ def _render_main(args: argparse.Namespace, rendered: Rendered) -> None:
         _print_summary(summary, stream)
 
 
-def _parser() -> OneLineParser:
-    parser = OneLineParser(prog=PROG, description="Render, check and deploy the Phala manifest.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+def _parser() -> ClientArgumentParser:
+    parser = ClientArgumentParser(
+        prog=PROG, description="Render, check and deploy the Phala manifest."
+    )
+    commands = parser.add_subparsers(
+        dest="command", required=True, parser_class=ClientArgumentParser
+    )
     render_cmd = commands.add_parser("render", help="write the exact app-compose.json bytes")
     check_cmd = commands.add_parser(
         "check", help="compare a deployed app-compose with the manifest"

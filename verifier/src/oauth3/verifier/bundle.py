@@ -17,8 +17,9 @@ import orjson
 
 from oauth3.attestation import AttestationError, parse_strict_json
 
+from .errors import VerifierError
 from .files import write_atomically
-from .steps import Evidence
+from .step_basics import Evidence
 from .verdict import rfc3339
 
 BUNDLE_FORMAT = "oauth3-evidence-bundle/v2"
@@ -26,7 +27,7 @@ LATEST_TIME = 253402300799  # 9999-12-31T23:59:59Z, the last second RFC 3339 can
 READABLE_FORMATS = ("oauth3-evidence-bundle/v1", BUNDLE_FORMAT)
 
 
-class BundleError(Exception):
+class BundleError(VerifierError):
     """A bundle or an /attestation response is malformed (an I/O error, exit code 2)."""
 
 

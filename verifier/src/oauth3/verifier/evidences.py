@@ -22,10 +22,11 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from oauth3.attestation import AttestationError, load_evidence
 
-from .fetch import CollateralSource, verify_evidence
+from .errors import VerifierError
 from .files import FileTooLarge, read_regular_file
-from .http_client import DEFAULT_TIMEOUT
-from .steps import Evidence, VerifyOptions, fail, guarded
+from .network_defaults import DEFAULT_TIMEOUT
+from .pipeline import CollateralSource, verify_evidence
+from .step_basics import Evidence, VerifyOptions, fail, guarded
 from .verdict import EvidenceStep, Outcome, StepResult, Verdict
 
 SHA256SUM = "sha256sum.txt"
@@ -38,7 +39,7 @@ _LINE = re.compile(r"([0-9a-fA-F]{64}) [ *](.+)")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_.*@+-]+")
 
 
-class EvidencesError(Exception):
+class EvidencesError(VerifierError):
     """Evidence files could not be fetched or read, or the command was misused (exit code 2)."""
 
 

@@ -28,8 +28,9 @@ from .evidences import (
     listed_names,
     read_evidences_dir,
 )
-from .fetch import FetchError
-from .http_client import DEFAULT_TIMEOUT, AnswerTooLarge, HttpFailure, get_capped, web_url
+from .http_client import AnswerTooLarge, HttpFailure, get_capped, web_url
+from .network_defaults import DEFAULT_TIMEOUT
+from .pipeline import FetchError
 
 ATTEMPTS = 3
 

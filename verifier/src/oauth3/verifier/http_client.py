@@ -8,12 +8,14 @@ import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import aiohttp
-from multidict import CIMultiDictProxy
 from yarl import URL
 
-DEFAULT_TIMEOUT = 30.0
+if TYPE_CHECKING:
+    import aiohttp
+    from multidict import CIMultiDictProxy
+
 CHUNK = 1 << 16
 MAX_REDIRECTS = 5
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -111,6 +113,8 @@ async def get_capped(
     """GET `url`, following at most MAX_REDIRECTS redirects within its origin, and read the whole
     body up to `cap` bytes. `on_response` sees each final response before its body is read (its
     connection is still attached). Raises HttpFailure for anything but a complete answer."""
+    import aiohttp  # noqa: PLC0415 - loaded by the paths that go online, not by offline ones
+
     current = web_url(url, "URL")
     for _ in range(MAX_REDIRECTS + 1):
         try:
@@ -131,4 +135,6 @@ async def get_capped(
 
 def client_session(timeout: float) -> aiohttp.ClientSession:
     """A client session whose every request is bounded by `timeout` seconds in total."""
+    import aiohttp  # noqa: PLC0415 - loaded by the paths that go online, not by offline ones
+
     return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))

@@ -58,7 +58,7 @@ from oauth3.attestation.tdx_registers import (
     shape_from_vm_config,
 )
 
-from .commandline import USAGE_ERROR, InputTooLarge, OneLineParser, read_input_bytes
+from .cli_common import USAGE_ERROR, ClientArgumentParser, InputTooLarge, read_input_bytes
 from .files import write_atomically
 from .output import json_text, printable
 from .policy import toml_string
@@ -81,7 +81,7 @@ class CannotMeasure(MeasureError):
     code = EXIT_CANNOT_COMPUTE
 
 
-class _Parser(OneLineParser):
+class _Parser(ClientArgumentParser):
     """Argument errors become a MeasureError, so `run` alone prints them (and answers --json)."""
 
     def error(self, message: str) -> NoReturn:
@@ -89,7 +89,7 @@ class _Parser(OneLineParser):
         raise MeasureError(f"error: {message}")
 
 
-def read_input(path: str, limit: int | None = None) -> bytes:
+def _read_input(path: str, limit: int | None = None) -> bytes:
     """A file's (or stdin's, for `-`) bytes; MeasureError when it cannot be read or holds more
     than `limit` bytes (the client tools' MAX_INPUT when None)."""
     try:
@@ -171,7 +171,7 @@ def measure_lite(vm_config: Any, event_log: str) -> Measured:
 
 def _from_dstack_quote(args: argparse.Namespace) -> Measured:
     try:
-        loaded = load_evidence(read_input(args.dstack_quote, MAX_JSON_INPUT))
+        loaded = load_evidence(_read_input(args.dstack_quote, MAX_JSON_INPUT))
     except AttestationError as exc:
         raise MeasureError(f"{args.dstack_quote}: {exc}") from None
     document = loaded.document or {}
@@ -185,10 +185,10 @@ def _from_dstack_quote(args: argparse.Namespace) -> Measured:
 def _from_vm_config(args: argparse.Namespace) -> Measured:
     if args.event_log is None:
         raise MeasureError("error: --vm-config needs --event-log FILE (for the ACPI digests)")
-    vm_config = _strict(read_input(args.vm_config, MAX_JSON_INPUT), f"vm_config {args.vm_config}")
+    vm_config = _strict(_read_input(args.vm_config, MAX_JSON_INPUT), f"vm_config {args.vm_config}")
     if isinstance(vm_config, str):  # a vm_config as GetQuote carries it: JSON text in a string
         vm_config = _strict(vm_config, f"the string in vm_config {args.vm_config}")
-    log = read_input(args.event_log, MAX_JSON_INPUT)
+    log = _read_input(args.event_log, MAX_JSON_INPUT)
     _strict(log, f"event log {args.event_log}")  # a file that is no JSON is exit 2, as vm_config
     return measure_lite(vm_config, log.decode())
 
@@ -233,11 +233,11 @@ def _acpi_pins(args: argparse.Namespace) -> AcpiDigests | None:
 
 def _image_files(directory: Path) -> ImageFiles:
     try:
-        metadata = parse_image_metadata(read_input(str(directory / METADATA_FILE)))
+        metadata = parse_image_metadata(_read_input(str(directory / METADATA_FILE)))
     except AttestationError as exc:
         raise CannotMeasure(str(exc)) from None
     names = (metadata.bios, metadata.kernel, metadata.initrd)
-    firmware, kernel, initrd = (read_input(str(directory / name)) for name in names)
+    firmware, kernel, initrd = (_read_input(str(directory / name)) for name in names)
     return ImageFiles(metadata, firmware, kernel, initrd)
 
 
@@ -245,11 +245,11 @@ def _release_facts(directory: Path, files: ImageFiles, cbor: bytes | None) -> di
     """os_image_hash and release name from the directory's sha256sum.txt, if it has one, and
     whether our measurement.tdx.cbor equals the one the image ships."""
     shipped = directory / MEASUREMENT_FILE
-    shipped_cbor = read_input(str(shipped)) if shipped.is_file() else None
+    shipped_cbor = _read_input(str(shipped)) if shipped.is_file() else None
     facts: dict[str, Any] = {"os_image_hash": None, "release": None}
     if (directory / CHECKSUM_FILE).is_file():
         contents = {
-            METADATA_FILE: read_input(str(directory / METADATA_FILE)),
+            METADATA_FILE: _read_input(str(directory / METADATA_FILE)),
             files.metadata.bios: files.firmware,
             files.metadata.kernel: files.kernel,
             files.metadata.initrd: files.initrd,
@@ -257,7 +257,7 @@ def _release_facts(directory: Path, files: ImageFiles, cbor: bytes | None) -> di
         if shipped_cbor is not None:
             contents[MEASUREMENT_FILE] = shipped_cbor
         try:
-            os_image_hash = check_manifest(read_input(str(directory / CHECKSUM_FILE)), contents)
+            os_image_hash = check_manifest(_read_input(str(directory / CHECKSUM_FILE)), contents)
         except AttestationError as exc:
             raise CannotMeasure(f"{directory}: {exc}") from None
         release = release_for(os_image_hash)

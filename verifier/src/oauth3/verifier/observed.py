@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from .platform import RECOMPUTED
+from .platform_identity import RECOMPUTED
 from .policy import PlatformPin, Policy, measured_key_provider, render_policy
 from .verdict import Step, Verdict
 

@@ -17,6 +17,8 @@ from typing import Any
 
 from oauth3.attestation.tcb import TCB_STATUSES
 
+from .errors import VerifierError
+
 POLICY_FORMAT = 1
 DEFAULT_ALLOWED_TCB = frozenset({"UpToDate"})
 # pin name -> size in bytes; the first four must all be pinned for the platform to be pinned
@@ -55,7 +57,7 @@ PLATFORM_LABELS: Mapping[str, str] = {
 KEY_PROVIDER_IDS: Mapping[str, bool] = {"kms": True, "local-sgx": True, "tpm": False, "none": False}
 
 
-class PolicyError(ValueError):
+class PolicyError(VerifierError, ValueError):
     """A policy file or pin flag is malformed; the message names the key (exit code 2)."""
 
 

@@ -8,7 +8,7 @@ from typing import Any, TextIO
 from oauth3.attestation import (
     AttestationError,
     EventLogError,
-    Evidence,
+    ReceivedQuote,
     compare_with_quote,
     decode_mr_config_id,
     load_evidence,
@@ -17,7 +17,7 @@ from oauth3.attestation import (
 )
 from oauth3.attestation.rtmr3 import read_boot_record
 
-from .commandline import USAGE_ERROR, OneLineParser, read_input
+from .cli_common import USAGE_ERROR, ClientArgumentParser, read_input_or_exit
 from .output import json_text, printable
 
 PROG = "oauth3-inspect"
@@ -45,7 +45,7 @@ def _rtmr3(events: list[Any]) -> dict[str, Any]:
     }
 
 
-def describe(evidence: Evidence, event_log_text: str | None = None) -> dict[str, Any]:
+def describe(evidence: ReceivedQuote, event_log_text: str | None = None) -> dict[str, Any]:
     """Everything `oauth3-inspect` prints for one piece of evidence, as a JSON-ready dict."""
     quote = parse_quote(evidence.quote)
     report = quote.report
@@ -91,8 +91,8 @@ def describe(evidence: Evidence, event_log_text: str | None = None) -> dict[str,
     }
 
 
-def _parser() -> OneLineParser:
-    parser = OneLineParser(
+def _parser() -> ClientArgumentParser:
+    parser = ClientArgumentParser(
         prog=PROG,
         description="Decode a TDX quote: raw, hex, a dstack GetQuote/Tappd response, "
         "or an oauth3 /attestation response.",
@@ -109,12 +109,14 @@ def run(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     this program) is one escaped line on stderr and exit code 2."""
     try:
         args = _parser().parse_args(argv)
-        data = read_input(args.file)
+        data = read_input_or_exit(args.file)
         event_log_text = (
-            read_input(args.event_log).decode("utf-8", "replace") if args.event_log else None
+            read_input_or_exit(args.event_log).decode("utf-8", "replace")
+            if args.event_log
+            else None
         )
         result = describe(load_evidence(data), event_log_text)
-    except SystemExit as exc:  # argparse and read_input have printed their one line
+    except SystemExit as exc:  # argparse and read_input_or_exit have printed their one line
         return exc.code if isinstance(exc.code, int) else USAGE_ERROR
     except AttestationError as exc:
         return _error(str(exc))

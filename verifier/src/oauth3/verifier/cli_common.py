@@ -15,7 +15,7 @@ USAGE_ERROR = 2
 MAX_INPUT = 64 << 20  # every input these tools read is kilobytes; /dev/zero is not one
 
 
-class OneLineParser(argparse.ArgumentParser):
+class ClientArgumentParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are a single line on stderr and exit code 2."""
 
     def error(self, message: str) -> NoReturn:
@@ -47,7 +47,7 @@ def read_input_bytes(path: str) -> bytes:
     return data
 
 
-def read_input(path: str) -> bytes:
+def read_input_or_exit(path: str) -> bytes:
     """Read a file's bytes, or stdin's for `-`; an unreadable file, or one over MAX_INPUT bytes,
     is a one-line exit 2."""
     try:

@@ -1,26 +1,37 @@
-"""Online mode: fetch the exact /info bytes and a fresh /attestation, then verify them."""
+"""From a URL, a bundle or a quote to a verdict: fetch the exact /info bytes and a fresh
+/attestation when asked to, obtain the collateral, then run the steps.
+
+The HTTP client and the PCCS client load only on the paths that go online: a saved bundle with
+its collateral, or any input with --collateral, is checked without them (and without asyncio).
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-import aiohttp
 import dcap_qvl
 import orjson
 
 from oauth3.attestation import LAYOUT_V2, AttestationError, parse_quote, parse_strict_json
 
 from .bundle import Bundle, BundleError, evidence_from_bundle
-from .collateral import DEFAULT_PCCS_URL, fetch_collateral, load_collateral, quote_is_readable
-from .http_client import DEFAULT_TIMEOUT, HttpFailure, client_session, get_capped
-from .steps import Evidence, Verdict, VerifyOptions, chain_facts, collateral_identity
-from .steps import verify_evidence as run_steps
+from .collateral import load_collateral, quote_is_readable
+from .errors import VerifierError
+from .intel_checks import chain_facts, collateral_identity
+from .network_defaults import DEFAULT_PCCS_URL, DEFAULT_TIMEOUT
+from .step_basics import Evidence, VerifyOptions
+from .steps import run_steps
+from .verdict import Verdict
+
+if TYPE_CHECKING:
+    import aiohttp
 
 MAX_RESPONSE = 1 << 20
 
 
-class FetchError(Exception):
+class FetchError(VerifierError):
     """The service could not be reached or answered with an error (exit code 2)."""
 
 
@@ -46,6 +57,8 @@ def _problem_summary(body: bytes) -> str:
 
 
 async def _get(session: aiohttp.ClientSession, url: str) -> bytes:
+    from .http_client import HttpFailure, get_capped  # noqa: PLC0415 - online only
+
     try:
         answer = await get_capped(session, url, MAX_RESPONSE)
     except HttpFailure as exc:
@@ -83,23 +96,23 @@ def _is_simulator_quote(evidence: Evidence) -> bool:
         return True
 
 
-async def obtain_collateral(
-    session: aiohttp.ClientSession,
+def collateral_at_hand(
     source: CollateralSource,
     evidence: Evidence,
     options: VerifyOptions,
     stored: dict[str, object] | None = None,
-) -> dcap_qvl.QuoteCollateralV3 | None:
-    """The collateral to verify with: file, then a named PCCS, then `stored`, then the default."""
+) -> tuple[bool, dcap_qvl.QuoteCollateralV3 | None]:
+    """(True, what to verify with) when no PCCS needs asking: none needed, a file, or `stored`
+    (unless a PCCS was named); (False, None) when the PCCS must be asked."""
     if options.skip_dcap or not quote_is_readable(evidence.quote):
-        return None  # an unreadable quote fails its own step, whatever the other options
+        return True, None  # an unreadable quote fails its own step, whatever the other options
     if not options.allow_simulated and _is_simulator_quote(evidence):
-        return None  # it fails the simulated step whatever the collateral; ask no PCCS for it
+        return True, None  # it fails the simulated step whatever the collateral; ask no PCCS
     if source.collateral is not None:
-        return source.collateral
+        return True, source.collateral
     if stored is not None and not source.pccs_given:
-        return load_collateral(orjson.dumps(stored))
-    return await fetch_collateral(session, source.pccs_url, evidence.quote)
+        return True, load_collateral(orjson.dumps(stored))
+    return False, None
 
 
 async def verify_evidence(
@@ -112,8 +125,13 @@ async def verify_evidence(
 ) -> tuple[Verdict, dcap_qvl.QuoteCollateralV3 | None]:
     """Obtain collateral for the evidence, then run the steps; returns the verdict and the
     collateral it used. Raises CollateralError on network or format problems (exit code 2)."""
-    async with client_session(request_timeout) as session:
-        collateral = await obtain_collateral(session, source, evidence, options, stored)
+    settled, collateral = collateral_at_hand(source, evidence, options, stored)
+    if not settled:
+        from .http_client import client_session  # noqa: PLC0415 - online only
+        from .pccs import fetch_collateral  # noqa: PLC0415 - online only
+
+        async with client_session(request_timeout) as session:
+            collateral = await fetch_collateral(session, source.pccs_url, evidence.quote)
     return run_steps(evidence, options, collateral), collateral
 
 
@@ -132,6 +150,28 @@ async def verify_bundle(
     verdict, collateral = await verify_evidence(
         evidence, options, source, stored=bundle.collateral, request_timeout=request_timeout
     )
+    return _checked_bundle(bundle, evidence, verdict, collateral)
+
+
+def verify_bundle_offline(
+    bundle: Bundle, options: VerifyOptions, source: CollateralSource
+) -> tuple[Verdict, Bundle] | None:
+    """verify_bundle for saved evidence whose collateral is at hand (see collateral_at_hand),
+    without the network or an event loop; None when a PCCS must be asked (use verify_bundle)."""
+    evidence = evidence_from_bundle(bundle, online=False)
+    settled, collateral = collateral_at_hand(source, evidence, options, bundle.collateral)
+    if not settled:
+        return None
+    verdict = run_steps(evidence, options, collateral)
+    return _checked_bundle(bundle, evidence, verdict, collateral)
+
+
+def _checked_bundle(
+    bundle: Bundle,
+    evidence: Evidence,
+    verdict: Verdict,
+    collateral: dcap_qvl.QuoteCollateralV3 | None,
+) -> tuple[Verdict, Bundle]:
     if collateral is None:
         return verdict, bundle
     return verdict, replace(
@@ -152,6 +192,8 @@ async def verify_url(
 ) -> tuple[Verdict, Bundle]:
     """Fetch /info and /attestation from a running oauth3 service and verify them.
     Raises FetchError, BundleError or CollateralError (exit code 2 on the command line)."""
+    from .http_client import client_session  # noqa: PLC0415 - online only
+
     async with client_session(request_timeout) as session:
         bundle = await fetch_evidence(session, url, nonce, batch=batch)
     return await verify_bundle(
@@ -163,9 +205,10 @@ __all__ = [
     "BundleError",
     "CollateralSource",
     "FetchError",
+    "collateral_at_hand",
     "fetch_evidence",
-    "obtain_collateral",
     "verify_bundle",
+    "verify_bundle_offline",
     "verify_evidence",
     "verify_url",
 ]
