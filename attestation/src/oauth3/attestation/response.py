@@ -149,7 +149,8 @@ def _hex(doc: Mapping[str, Any], key: str, size: int) -> bytes | None:
     return value
 
 
-def _proof(member: object) -> BatchProof:
+def read_batch_proof(member: object) -> BatchProof:
+    """The `merkle` member of an oauth3/v2 response; ResponseError naming what is malformed."""
     if not isinstance(member, dict):
         raise ResponseError("an oauth3/v2 response must carry its inclusion proof ('merkle')")
     index, size, path = member.get("leafIndex"), member.get("batchSize"), member.get("path")
@@ -187,7 +188,7 @@ def read_response(doc: Mapping[str, Any]) -> AttestationResponse:
         vm_config=_optional(doc, "vmConfig"),
         generated_at=_optional(doc, "generatedAt"),
         nonce=_hex(doc, "nonce", NONCE_SIZE),
-        proof=_proof(doc.get("merkle")) if layout == LAYOUT_V2 else None,
+        proof=read_batch_proof(doc.get("merkle")) if layout == LAYOUT_V2 else None,
     )
 
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from oauth3.attestation import LAYOUT_V2, LAYOUTS, info_digest
-from oauth3.attestation.merkle import HASH_SIZE, MerkleError, root_from_path
-from oauth3.attestation.response import BatchProof
+from oauth3.attestation.errors import ResponseError
+from oauth3.attestation.merkle import MerkleError, root_from_path
+from oauth3.attestation.response import BatchProof, read_batch_proof
 
 from .step_basics import CheckState, Evidence, fail, needs_quote
 from .verdict import Outcome, Step, StepResult, rfc3339
@@ -48,22 +49,12 @@ def check_info_binding(evidence: Evidence, state: CheckState) -> StepResult:
 
 
 def read_proof(document: object) -> BatchProof:
-    """The `merkle` member of an oauth3/v2 response, as attestation.response's BatchProof; a
-    step failure naming what is malformed (where read_response would refuse the document)."""
-    if not isinstance(document, dict):
-        raise fail("an oauth3/v2 response must carry its inclusion proof ('merkle')")
-    index, size, path = document.get("leafIndex"), document.get("batchSize"), document.get("path")
-    if type(index) is not int or type(size) is not int:  # bool is an int subclass: refuse it
-        raise fail("the inclusion proof's leafIndex and batchSize must be integers")
-    if not isinstance(path, list) or not all(isinstance(p, str) for p in path):
-        raise fail("the inclusion proof's path must be a list of hex strings")
+    """The `merkle` member of an oauth3/v2 response, read by attestation.response; a step
+    failure naming what is malformed (where read_response would refuse the document)."""
     try:
-        siblings = tuple(bytes.fromhex(p) for p in path)
-    except ValueError:
-        raise fail("the inclusion proof's path is not hex") from None
-    if any(len(s) != HASH_SIZE for s in siblings):
-        raise fail(f"every hash of the inclusion proof's path must be {HASH_SIZE} bytes")
-    return BatchProof(index, size, siblings)
+        return read_batch_proof(document)
+    except ResponseError as exc:
+        raise fail(f"the inclusion proof is malformed: {exc}") from None
 
 
 def _nonce_binding(evidence: Evidence, found: bytes, details: dict[str, Any]) -> str:
